@@ -1,0 +1,57 @@
+//! The pvpanic device (QEMU's "QEMU0001", one I/O port): the guest kernel's
+//! panic notifier writes PANICKED to it, so the VMM can tell a kernel panic
+//! from an ordinary reboot.
+
+use crate::bus::BusDevice;
+use crate::SignalLine;
+
+/// Event bit: the guest kernel panicked.
+pub const PVPANIC_PANICKED: u8 = 1 << 0;
+/// Event bit: a crash kernel was loaded (reported, not acted on).
+pub const PVPANIC_CRASH_LOADED: u8 = 1 << 1;
+
+pub struct PvPanic {
+    panicked: SignalLine,
+}
+
+impl PvPanic {
+    pub fn new(panicked: SignalLine) -> Self {
+        Self { panicked }
+    }
+}
+
+impl BusDevice for PvPanic {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        // The capability byte: which events this device understands.
+        data.fill(0);
+        data[0] = PVPANIC_PANICKED;
+    }
+
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        let [value] = data else { return };
+        if value & PVPANIC_PANICKED != 0 {
+            self.panicked.raise();
+        } else if value & PVPANIC_CRASH_LOADED != 0 {
+            log::info!("pvpanic: guest reports a crash kernel loaded");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panicked_event_raises_the_line() {
+        let line = SignalLine::new().unwrap();
+        let watch = line.try_clone().unwrap();
+        let mut dev = PvPanic::new(line);
+        let mut caps = [0u8];
+        dev.read(0, &mut caps);
+        assert_eq!(caps, [PVPANIC_PANICKED]);
+        dev.write(0, &[PVPANIC_CRASH_LOADED]);
+        assert!(watch.read().is_err());
+        dev.write(0, &[PVPANIC_PANICKED]);
+        assert_eq!(watch.read().unwrap(), 1);
+    }
+}
