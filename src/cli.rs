@@ -1,0 +1,157 @@
+//! The command line: `ember run ...`, a thin shell over `VmConfig`.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::{parse_size, ConfigError, ConsoleMode, VmConfig};
+
+#[derive(Debug, Parser)]
+#[command(name = "ember", version, about = "A microVM monitor on Linux KVM")]
+pub struct Cli {
+    /// Log what Ember does (the final kernel command line, devices); RUST_LOG works too.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a Linux kernel with COM1 on this terminal. Quit with Ctrl-A x.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Kernel: an ELF vmlinux or a bzImage, e.g. --kernel vmlinux.
+    /// Default: the guest kit's target/guest/vmlinux.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk, e.g. --initrd initrd.cpio.gz. Default with the kit
+    /// kernel: the kit's target/guest/initramfs.cpio.gz.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// The guest's arguments, e.g. --cmdline "console=ttyS0 quiet". Ember
+    /// appends what it needs itself (see --verbose).
+    #[arg(long, value_name = "STR", default_value = crate::config::DEFAULT_CMDLINE)]
+    pub cmdline: String,
+    /// Number of vCPUs, e.g. --cpus 2.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u8,
+    /// Guest memory with a K/M/G suffix, e.g. --memory 512M or --memory 4G.
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub memory: String,
+}
+
+/// Where the guest kit's outputs are: $EMBER_GUEST_DIR, else target/guest
+/// next to the directory holding this executable (target/release/ember
+/// → target/guest), else ./target/guest.
+pub fn kit_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("EMBER_GUEST_DIR") {
+        return PathBuf::from(dir);
+    }
+    let beside_exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("guest")));
+    match beside_exe {
+        Some(dir) if dir.join("vmlinux").exists() => dir,
+        _ => PathBuf::from("target/guest"),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("no --kernel given and the guest kit kernel {0} is not built; build it with `make guest` (or pass --kernel PATH)")]
+    NoKitKernel(PathBuf),
+}
+
+impl RunArgs {
+    pub fn to_config(&self, kit: &Path) -> Result<VmConfig, CliError> {
+        let (kernel, default_initrd) = match &self.kernel {
+            Some(k) => (k.clone(), None),
+            None => {
+                let k = kit.join("vmlinux");
+                if !k.exists() {
+                    return Err(CliError::NoKitKernel(k));
+                }
+                (k, Some(kit.join("initramfs.cpio.gz")))
+            }
+        };
+        let memory = parse_size(&self.memory).map_err(|_| ConfigError::Size {
+            text: self.memory.clone(),
+        })?;
+        let config = VmConfig {
+            kernel,
+            initrd: self.initrd.clone().or(default_initrd),
+            cmdline: self.cmdline.clone(),
+            cpus: self.cpus,
+            memory,
+            console: ConsoleMode::Terminal,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(argv: &[&str]) -> RunArgs {
+        let mut full = vec!["ember", "run"];
+        full.extend(argv);
+        match Cli::try_parse_from(full).unwrap().command {
+            Command::Run(a) => a,
+        }
+    }
+
+    #[test]
+    fn flags_become_a_config() {
+        let c = args(&[
+            "--kernel",
+            "vmlinux",
+            "--initrd",
+            "i.gz",
+            "--cpus",
+            "2",
+            "--memory",
+            "512M",
+            "--cmdline",
+            "console=ttyS0 quiet",
+        ])
+        .to_config(Path::new("/nowhere"))
+        .unwrap();
+        assert_eq!(c.kernel, PathBuf::from("vmlinux"));
+        assert_eq!(c.initrd, Some(PathBuf::from("i.gz")));
+        assert_eq!((c.cpus, c.memory), (2, 512 << 20));
+        assert_eq!(c.cmdline, "console=ttyS0 quiet");
+    }
+
+    #[test]
+    fn the_kit_is_the_default_and_its_absence_says_how_to_build_it() {
+        let e = args(&[]).to_config(Path::new("/nowhere")).unwrap_err();
+        assert!(e.to_string().contains("make guest"), "{e}");
+        let dir = std::env::temp_dir().join(format!("ember-kit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("vmlinux"), b"x").unwrap();
+        let c = args(&[]).to_config(&dir).unwrap();
+        assert_eq!(c.kernel, dir.join("vmlinux"));
+        assert_eq!(c.initrd, Some(dir.join("initramfs.cpio.gz")));
+    }
+
+    #[test]
+    fn bad_sizes_and_counts_name_the_flag() {
+        let e = args(&["--kernel", "k", "--memory", "lots"])
+            .to_config(Path::new("."))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("--memory \"lots\""), "{e}");
+        let e = args(&["--kernel", "k", "--cpus", "0"])
+            .to_config(Path::new("."))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("--cpus 0"), "{e}");
+        assert!(Cli::try_parse_from(["ember", "run", "--cpus", "300"]).is_err());
+    }
+}

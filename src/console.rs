@@ -1,0 +1,427 @@
+//! The guest's console (COM1) as the host sees it: where its output goes
+//! (a terminal through a writer thread, or a transcript a program can
+//! search) and the handle a program uses to script it.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use regex::Regex;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::lock;
+
+/// Output kept for searching, at most; older output is dropped past this.
+const TRANSCRIPT_MAX: usize = 16 << 20;
+/// Terminal output waiting for the writer thread, at most.
+const PUMP_MAX: usize = 1 << 20;
+/// Scripted input waiting for room in the UART FIFO, at most.
+const INPUT_MAX: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("invalid pattern {pattern:?}: {source}")]
+    Pattern {
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
+    #[error("no match for {pattern:?} within {timeout:?}; last output: {tail:?}")]
+    Timeout {
+        pattern: String,
+        timeout: Duration,
+        tail: String,
+    },
+    #[error("the VM ended before {pattern:?} appeared; last output: {tail:?}")]
+    VmEnded { pattern: String, tail: String },
+    #[error("scripted input is full ({INPUT_MAX} bytes wait for the guest to read them)")]
+    InputFull,
+}
+
+#[derive(Default)]
+struct Transcript {
+    text: Vec<u8>,
+    /// Where the next `wait_for` starts searching.
+    cursor: usize,
+    ended: bool,
+}
+
+/// State shared by the console handle, the UART's writer and the event loop.
+pub(crate) struct ConsoleShared {
+    transcript: Mutex<Transcript>,
+    output_cv: Condvar,
+    input: Mutex<VecDeque<u8>>,
+    /// Written when scripted input arrives, so the event loop feeds the UART.
+    pub(crate) input_evt: EventFd,
+}
+
+impl ConsoleShared {
+    pub(crate) fn new() -> io::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            transcript: Mutex::new(Transcript::default()),
+            output_cv: Condvar::new(),
+            input: Mutex::new(VecDeque::new()),
+            input_evt: EventFd::new(EFD_NONBLOCK)?,
+        }))
+    }
+
+    fn append_output(&self, bytes: &[u8]) {
+        let mut t = lock(&self.transcript);
+        t.text.extend_from_slice(bytes);
+        if t.text.len() > TRANSCRIPT_MAX {
+            let drop = t.text.len() - TRANSCRIPT_MAX / 2;
+            t.text.drain(..drop);
+            t.cursor = t.cursor.saturating_sub(drop);
+        }
+        self.output_cv.notify_all();
+    }
+
+    /// Takes up to `max` bytes of scripted input.
+    pub(crate) fn take_input(&self, max: usize) -> Vec<u8> {
+        let mut q = lock(&self.input);
+        let n = max.min(q.len());
+        q.drain(..n).collect()
+    }
+
+    /// Puts bytes the UART could not take back at the front.
+    pub(crate) fn unread_input(&self, bytes: &[u8]) {
+        let mut q = lock(&self.input);
+        for b in bytes.iter().rev() {
+            q.push_front(*b);
+        }
+    }
+
+    pub(crate) fn mark_ended(&self) {
+        lock(&self.transcript).ended = true;
+        self.output_cv.notify_all();
+    }
+}
+
+/// A program's handle on the guest console: send input, wait for output
+/// matching a regex, read the transcript. Cheap to clone.
+#[derive(Clone)]
+pub struct Console {
+    shared: Arc<ConsoleShared>,
+}
+
+impl Console {
+    pub(crate) fn new(shared: Arc<ConsoleShared>) -> Self {
+        Self { shared }
+    }
+
+    /// Queues bytes for the guest; they enter the UART as it reads.
+    pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), ConsoleError> {
+        {
+            let mut q = lock(&self.shared.input);
+            if q.len() + bytes.len() > INPUT_MAX {
+                return Err(ConsoleError::InputFull);
+            }
+            q.extend(bytes);
+        }
+        if let Err(e) = self.shared.input_evt.write(1) {
+            log::warn!("console: cannot wake the event loop: {e}");
+        }
+        Ok(())
+    }
+
+    /// Sends `line` followed by a newline.
+    pub fn send_line(&self, line: &str) -> Result<(), ConsoleError> {
+        self.send_bytes(format!("{line}\n").as_bytes())
+    }
+
+    /// Waits until output after the previous match matches `pattern`.
+    /// Returns the whole match and then each capture group ("" when a group
+    /// did not take part). The next call searches after this match.
+    pub fn wait_for(&self, pattern: &str, timeout: Duration) -> Result<Vec<String>, ConsoleError> {
+        let re = Regex::new(pattern).map_err(|source| ConsoleError::Pattern {
+            pattern: pattern.to_string(),
+            source,
+        })?;
+        let deadline = Instant::now() + timeout;
+        let mut t = lock(&self.shared.transcript);
+        loop {
+            let hay = String::from_utf8_lossy(&t.text[t.cursor..]).into_owned();
+            if let Some(caps) = re.captures(&hay) {
+                let whole = caps.get(0).map_or(0..0, |m| m.range());
+                // The lossy text can differ in length from the bytes only
+                // where bytes were invalid UTF-8; map the end back safely.
+                let consumed = String::from_utf8_lossy(&t.text[t.cursor..])
+                    .get(..whole.end)
+                    .map_or(whole.end, |s| s.len());
+                t.cursor = (t.cursor + consumed).min(t.text.len());
+                return Ok(caps
+                    .iter()
+                    .map(|m| m.map_or(String::new(), |m| m.as_str().to_string()))
+                    .collect());
+            }
+            let tail = || tail_of(&t.text);
+            if t.ended {
+                return Err(ConsoleError::VmEnded {
+                    pattern: pattern.to_string(),
+                    tail: tail(),
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ConsoleError::Timeout {
+                    pattern: pattern.to_string(),
+                    timeout,
+                    tail: tail(),
+                });
+            }
+            t = self
+                .shared
+                .output_cv
+                .wait_timeout(t, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Everything the guest printed (the last 8-16 MiB of it).
+    pub fn transcript(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.shared.transcript).text).into_owned()
+    }
+}
+
+fn tail_of(text: &[u8]) -> String {
+    let start = text.len().saturating_sub(400);
+    String::from_utf8_lossy(&text[start..]).into_owned()
+}
+
+/// Writes terminal output from its own thread, so a slow or stuck reader
+/// never blocks a vCPU. When its buffer is full, output is dropped and
+/// counted.
+pub(crate) struct OutputPump {
+    state: Arc<(Mutex<PumpState>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+    pub(crate) dropped: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct PumpState {
+    queue: VecDeque<u8>,
+    closing: bool,
+    broken: bool,
+}
+
+impl OutputPump {
+    pub(crate) fn new(mut out: Box<dyn Write + Send>) -> io::Result<Self> {
+        let state: Arc<(Mutex<PumpState>, Condvar)> = Arc::default();
+        let s = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("ember-console-out".into())
+            .spawn(move || loop {
+                let chunk: Vec<u8> = {
+                    let (m, cv) = &*s;
+                    let mut st = cv
+                        .wait_while(lock(m), |st| st.queue.is_empty() && !st.closing)
+                        .unwrap_or_else(|e| e.into_inner());
+                    if st.queue.is_empty() {
+                        return;
+                    }
+                    st.queue.drain(..).collect()
+                };
+                if out.write_all(&chunk).and_then(|_| out.flush()).is_err() {
+                    lock(&s.0).broken = true;
+                    return;
+                }
+            })?;
+        Ok(Self {
+            state,
+            thread: Some(thread),
+            dropped: Arc::default(),
+        })
+    }
+
+    fn push(&self, bytes: &[u8]) -> io::Result<()> {
+        let (m, cv) = &*self.state;
+        let mut st = lock(m);
+        if st.broken {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        if st.queue.len() + bytes.len() > PUMP_MAX {
+            self.dropped
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        st.queue.extend(bytes);
+        cv.notify_one();
+        Ok(())
+    }
+
+    /// Lets the thread write what is queued, waiting at most `grace`; a
+    /// thread stuck on a reader that never reads is left behind.
+    pub(crate) fn finish(&mut self, grace: Duration) {
+        {
+            let (m, cv) = &*self.state;
+            lock(m).closing = true;
+            cv.notify_all();
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+                if let Some(t) = self.thread.take() {
+                    let _ = t.join();
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        log::warn!(
+            "console output is blocked; {} bytes left unwritten",
+            lock(&self.state.0).queue.len()
+        );
+    }
+}
+
+/// Where COM1's output bytes go: the `Write` given to the UART.
+pub(crate) enum SerialOut {
+    Pump(Arc<Mutex<OutputPump>>),
+    Transcript {
+        shared: Arc<ConsoleShared>,
+        echo: Option<Arc<Mutex<OutputPump>>>,
+    },
+}
+
+impl Write for SerialOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            SerialOut::Pump(p) => lock(p).push(buf)?,
+            SerialOut::Transcript { shared, echo } => {
+                shared.append_output(buf);
+                if let Some(p) = echo {
+                    // Echo is best effort; the transcript has the bytes.
+                    let _ = lock(p).push(buf);
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn console() -> (Console, SerialOut) {
+        let shared = ConsoleShared::new().unwrap();
+        (
+            Console::new(shared.clone()),
+            SerialOut::Transcript { shared, echo: None },
+        )
+    }
+
+    #[test]
+    fn wait_for_matches_in_order_and_returns_groups() {
+        let (c, mut out) = console();
+        out.write_all(b"boot\r\nCPUs: 2\r\n# ").unwrap();
+        let m = c.wait_for(r"CPUs: (\d+)", Duration::from_secs(1)).unwrap();
+        assert_eq!(m, vec!["CPUs: 2".to_string(), "2".to_string()]);
+        // The same text is not matched twice.
+        assert!(matches!(
+            c.wait_for(r"CPUs", Duration::from_millis(20)),
+            Err(ConsoleError::Timeout { .. })
+        ));
+        assert!(c.wait_for(r"# $", Duration::from_millis(20)).is_ok());
+        assert!(c.transcript().starts_with("boot"));
+    }
+
+    #[test]
+    fn wait_for_sees_output_from_another_thread_and_vm_end() {
+        let (c, mut out) = console();
+        let shared = match &out {
+            SerialOut::Transcript { shared, .. } => shared.clone(),
+            SerialOut::Pump(_) => unreachable!(),
+        };
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            out.write_all(b"login: ").unwrap();
+            shared.mark_ended();
+        });
+        assert!(c.wait_for("login:", Duration::from_secs(5)).is_ok());
+        t.join().unwrap();
+        assert!(matches!(
+            c.wait_for("never", Duration::from_secs(5)),
+            Err(ConsoleError::VmEnded { .. })
+        ));
+        assert!(matches!(
+            c.wait_for("(", Duration::from_secs(1)),
+            Err(ConsoleError::Pattern { .. })
+        ));
+    }
+
+    #[test]
+    fn input_is_queued_bounded_and_can_be_put_back() {
+        let shared = ConsoleShared::new().unwrap();
+        let c = Console::new(shared.clone());
+        c.send_line("ls").unwrap();
+        assert_eq!(shared.input_evt.read().unwrap(), 1);
+        let got = shared.take_input(2);
+        assert_eq!(got, b"ls");
+        shared.unread_input(b"s");
+        assert_eq!(shared.take_input(64), b"s\n");
+        assert!(matches!(
+            c.send_bytes(&vec![0; INPUT_MAX + 1]),
+            Err(ConsoleError::InputFull)
+        ));
+    }
+
+    #[test]
+    fn transcript_is_capped() {
+        let (c, mut out) = console();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..20 {
+            out.write_all(&chunk).unwrap();
+        }
+        let len = c.transcript().len();
+        assert!(len <= TRANSCRIPT_MAX, "{len}");
+    }
+
+    #[test]
+    fn pump_drops_when_full_and_reports_a_closed_reader() {
+        struct Stuck;
+        impl Write for Stuck {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                std::thread::sleep(Duration::from_secs(3600));
+                Ok(0)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut p = OutputPump::new(Box::new(Stuck)).unwrap();
+        let chunk = vec![0u8; 4096];
+        let mut refused = 0;
+        for _ in 0..(2 * PUMP_MAX / 4096) {
+            if p.push(&chunk).is_err() {
+                refused += 1;
+            }
+        }
+        assert!(refused > 0);
+        assert!(p.dropped.load(Ordering::Relaxed) > 0);
+        p.finish(Duration::from_millis(10));
+
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut p = OutputPump::new(Box::new(Closed)).unwrap();
+        p.push(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(p.push(b"y").unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+        p.finish(Duration::from_secs(1));
+    }
+}

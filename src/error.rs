@@ -1,0 +1,58 @@
+//! Ember's top-level error: which step of starting a VM failed, and why.
+
+use crate::config::ConfigError;
+use crate::loader::LoadError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("cannot open /dev/kvm: {0} (is KVM available and are you allowed to use it?)")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("KVM: cannot {what}: {source}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
+    #[error(transparent)]
+    Regs(#[from] crate::x86_64::regs::RegsError),
+    #[error(transparent)]
+    Msrs(#[from] crate::x86_64::msrs::MsrError),
+    #[error(transparent)]
+    Acpi(#[from] crate::x86_64::acpi::AcpiError),
+    #[error(transparent)]
+    BootParams(#[from] crate::x86_64::boot_params::BootParamsError),
+    #[error("cannot place {what} on the bus: {source}")]
+    Bus {
+        what: &'static str,
+        #[source]
+        source: ember_devices::bus::BusError,
+    },
+    #[error("cannot {what}: {source}")]
+    Host {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// True when the user's input was wrong (bad flag, bad file): the CLI
+    /// exits 2 for these, 1 for host failures.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Error::Config(_) | Error::Load(_))
+    }
+
+    pub(crate) fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+        move |source| Error::Kvm { what, source }
+    }
+
+    pub(crate) fn host(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+        move |source| Error::Host { what, source }
+    }
+}

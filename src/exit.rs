@@ -1,0 +1,189 @@
+//! How a VM ends: one reason, set once, by whichever part sees it first.
+
+use std::fmt;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+/// Why the VM ended. `Vm::wait` returns it; the CLI maps it to an exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest powered off (ACPI S5 or a KVM shutdown event).
+    Poweroff,
+    /// The guest rebooted (i8042 reset line or a KVM reset event).
+    Reboot,
+    /// The guest crashed.
+    Crash(Crash),
+    /// Ember stopped the VM.
+    Stopped(StopReason),
+    /// Ember failed on the host while the guest ran.
+    HostError(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `Vm::stop` or dropping the `Vm`.
+    Requested,
+    /// The user typed the console quit sequence (Ctrl-A x).
+    ConsoleQuit,
+    /// The process got this signal (SIGINT, SIGTERM).
+    Signal(i32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrashKind {
+    /// KVM_EXIT_SHUTDOWN: the guest triple-faulted.
+    TripleFault,
+    /// KVM_EXIT_INTERNAL_ERROR: KVM could not run or emulate an instruction.
+    InternalError { suberror: u32 },
+    /// The guest kernel panicked (pvpanic or a KVM crash event).
+    GuestPanic,
+    /// KVM_EXIT_FAIL_ENTRY: the CPU refused to enter the guest.
+    FailEntry { reason: u64 },
+    /// An exit Ember does not expect from a guest.
+    UnexpectedExit(String),
+}
+
+/// A guest crash, with what a person needs to start debugging it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crash {
+    pub kind: CrashKind,
+    pub cpu: Option<u8>,
+    pub rip: Option<u64>,
+    /// Instruction bytes at RIP, when guest memory could be read there.
+    pub code: Vec<u8>,
+}
+
+impl Crash {
+    pub fn new(kind: CrashKind) -> Self {
+        Self {
+            kind,
+            cpu: None,
+            rip: None,
+            code: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Display for CrashKind {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            CrashKind::TripleFault => write!(f, "triple fault (KVM_EXIT_SHUTDOWN)"),
+            CrashKind::InternalError { suberror: 1 } => {
+                write!(
+                    f,
+                    "KVM emulation failure (KVM_EXIT_INTERNAL_ERROR, suberror 1)"
+                )
+            }
+            CrashKind::InternalError { suberror } => {
+                write!(f, "KVM internal error (suberror {suberror})")
+            }
+            CrashKind::GuestPanic => write!(f, "guest kernel panic"),
+            CrashKind::FailEntry { reason } => {
+                write!(f, "VM entry failed (hardware reason {reason:#x})")
+            }
+            CrashKind::UnexpectedExit(what) => write!(f, "unexpected KVM exit {what}"),
+        }
+    }
+}
+
+impl fmt::Display for Crash {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "guest crashed: {}", self.kind)?;
+        if let Some(cpu) = self.cpu {
+            write!(f, " on vCPU {cpu}")?;
+        }
+        if let Some(rip) = self.rip {
+            write!(f, " at RIP {rip:#x}")?;
+        }
+        if !self.code.is_empty() {
+            let hex: Vec<String> = self.code.iter().map(|b| format!("{b:02x}")).collect();
+            write!(f, ", instruction bytes: {}", hex.join(" "))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for VmExit {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            VmExit::Poweroff => write!(f, "guest powered off"),
+            VmExit::Reboot => write!(f, "guest rebooted"),
+            VmExit::Crash(c) => c.fmt(f),
+            VmExit::Stopped(StopReason::Requested) => write!(f, "stopped by request"),
+            VmExit::Stopped(StopReason::ConsoleQuit) => {
+                write!(f, "stopped from the console (Ctrl-A x)")
+            }
+            VmExit::Stopped(StopReason::Signal(n)) => write!(f, "stopped by signal {n}"),
+            VmExit::HostError(e) => write!(f, "Ember failed: {e}"),
+        }
+    }
+}
+
+/// The first reason wins; later ones are logged and dropped.
+#[derive(Default)]
+pub struct ExitSignal {
+    reason: Mutex<Option<VmExit>>,
+    cv: Condvar,
+}
+
+impl ExitSignal {
+    pub fn trigger(&self, exit: VmExit) {
+        let mut r = crate::lock(&self.reason);
+        match &*r {
+            None => {
+                log::debug!("VM exit: {exit}");
+                *r = Some(exit);
+                self.cv.notify_all();
+            }
+            Some(first) => log::debug!("VM exit {exit} after {first}: ignored"),
+        }
+    }
+
+    pub fn wait_timeout(&self, timeout: Option<Duration>) -> Option<VmExit> {
+        let guard = crate::lock(&self.reason);
+        let guard = match timeout {
+            None => self
+                .cv
+                .wait_while(guard, |r| r.is_none())
+                .unwrap_or_else(|e| e.into_inner()),
+            Some(t) => {
+                self.cv
+                    .wait_timeout_while(guard, t, |r| r.is_none())
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+        };
+        guard.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins() {
+        let s = ExitSignal::default();
+        assert_eq!(s.wait_timeout(Some(Duration::from_millis(1))), None);
+        s.trigger(VmExit::Crash(Crash::new(CrashKind::GuestPanic)));
+        s.trigger(VmExit::Reboot);
+        assert_eq!(
+            s.wait_timeout(None),
+            Some(VmExit::Crash(Crash::new(CrashKind::GuestPanic)))
+        );
+    }
+
+    #[test]
+    fn crash_line_names_reason_cpu_rip_and_bytes() {
+        let c = Crash {
+            kind: CrashKind::InternalError { suberror: 1 },
+            cpu: Some(1),
+            rip: Some(0xffff_ffff_8100_0000),
+            code: vec![0x0f, 0x0b],
+        };
+        assert_eq!(
+            c.to_string(),
+            "guest crashed: KVM emulation failure (KVM_EXIT_INTERNAL_ERROR, suberror 1) on vCPU 1 at RIP 0xffffffff81000000, instruction bytes: 0f 0b"
+        );
+    }
+}

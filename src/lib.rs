@@ -1,0 +1,48 @@
+//! Ember: a microVM monitor on Linux KVM.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use ember::{ConsoleMode, Vm, VmConfig, VmExit};
+//!
+//! let mut config = VmConfig::new("target/guest/vmlinux");
+//! config.initrd = Some("target/guest/initramfs.cpio.gz".into());
+//! config.cpus = 2;
+//! config.console = ConsoleMode::Scripted { echo: false };
+//! let mut vm = Vm::start(&config)?;
+//! let console = vm.console();
+//! console.wait_for(r"# $", Duration::from_secs(300))?;
+//! console.send_line("poweroff")?;
+//! assert_eq!(vm.wait(), VmExit::Poweroff);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod builder;
+pub mod cli;
+pub mod config;
+mod console;
+mod console_input;
+mod error;
+mod event_loop;
+mod exit;
+pub mod layout;
+mod loader;
+mod memory;
+pub mod platform;
+mod signals;
+pub mod terminal;
+mod vcpu;
+mod vm;
+mod x86_64;
+
+pub use config::{parse_size, ConfigError, ConsoleMode, VmConfig};
+pub use console::{Console, ConsoleError};
+pub use error::Error;
+pub use exit::{Crash, CrashKind, StopReason, VmExit};
+pub use loader::LoadError;
+pub use vm::Vm;
+
+/// Locks a mutex even if a panicking thread poisoned it: the data behind
+/// Ember's locks stays consistent at every await point.
+pub(crate) fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

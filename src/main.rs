@@ -1,0 +1,64 @@
+//! `ember run`: parse flags → VmConfig → Vm::start → wait → exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ember::cli::{kit_dir, Cli, Command};
+use ember::{StopReason, Vm, VmExit};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = if cli.verbose { "info" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    ember::terminal::install_panic_hook();
+    let Command::Run(args) = cli.command;
+
+    let config = match args.to_config(&kit_dir()) {
+        Ok(c) => c,
+        Err(e) => return fail(2, &e),
+    };
+    let mut vm = match Vm::start(&config) {
+        Ok(vm) => vm,
+        Err(e) => return fail(if e.is_usage() { 2 } else { 1 }, &e),
+    };
+    if let Err(e) = vm.stop_on_signals() {
+        vm.stop();
+        return fail(1, &e);
+    }
+    let exit = vm.wait();
+    drop(vm);
+    ExitCode::from(exit_code(&exit))
+}
+
+/// 0 clean poweroff/reboot or console quit · 1 host failure · 3 guest crash ·
+/// 128+N stopped by signal N.
+fn exit_code(exit: &VmExit) -> u8 {
+    match exit {
+        VmExit::Poweroff | VmExit::Reboot => 0,
+        VmExit::Stopped(StopReason::ConsoleQuit | StopReason::Requested) => 0,
+        VmExit::Stopped(StopReason::Signal(n)) => 128u8.saturating_add(*n as u8),
+        VmExit::Crash(c) => {
+            eprintln!("ember: {c}");
+            3
+        }
+        VmExit::HostError(e) => {
+            eprintln!("ember: {e}");
+            1
+        }
+    }
+}
+
+fn fail(code: u8, e: &dyn std::error::Error) -> ExitCode {
+    ember::terminal::restore_terminal();
+    let mut msg = format!("ember: {e}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(&format!(": {text}"));
+        }
+        source = s.source();
+    }
+    eprintln!("{msg}");
+    ExitCode::from(code)
+}

@@ -1,0 +1,96 @@
+//! The host's KVM flavour. On hosts whose KVM emulates guest kernel code
+//! (kvm_pvm, PLATFORM.md) a Linux guest needs a few features hidden; Ember
+//! detects such a host and does that itself. Nothing changes on hardware KVM.
+
+use std::path::Path;
+
+/// How KVM runs guest kernel code on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    /// VMX/SVM: guest code runs on the CPU.
+    Hardware,
+    /// kvm_pvm: guest CPL0 code goes through KVM's instruction emulator.
+    Emulating,
+}
+
+impl Host {
+    /// Looks at /sys/module for kvm_pvm. `EMBER_HOST=hardware|emulating`
+    /// overrides the detection (for tests of either policy).
+    pub fn detect() -> Self {
+        match std::env::var("EMBER_HOST").as_deref() {
+            Ok("hardware") => return Host::Hardware,
+            Ok("emulating") => return Host::Emulating,
+            _ => {}
+        }
+        if Path::new("/sys/module/kvm_pvm").exists() {
+            Host::Emulating
+        } else {
+            Host::Hardware
+        }
+    }
+
+    pub fn is_emulating(self) -> bool {
+        self == Host::Emulating
+    }
+
+    /// Kernel arguments this host needs: on an emulating host, no XSAVE
+    /// (xrstor cannot be emulated) and no POPCNT/SMAP alternatives.
+    pub fn kernel_args(self) -> &'static [&'static str] {
+        match self {
+            Host::Hardware => &[],
+            Host::Emulating => &["noxsave", "clearcpuid=popcnt,smap"],
+        }
+    }
+}
+
+/// Ember's own kernel arguments, skipping any the user already chose.
+/// `reboot=k` makes a guest reboot go through the i8042 reset line (a clean
+/// exit), so a triple fault always means a crash; `panic=-1` turns a guest
+/// panic into an immediate reset instead of a hang.
+pub fn ember_kernel_args(user: &str, host: Host) -> Vec<String> {
+    let has = |key: &str| {
+        user.split_whitespace()
+            .any(|w| w == key || w.starts_with(&format!("{key}=")))
+    };
+    let mut args = Vec::new();
+    for (key, arg) in [("reboot", "reboot=k"), ("panic", "panic=-1")] {
+        if !has(key) {
+            args.push(arg.to_string());
+        }
+    }
+    for arg in host.kernel_args() {
+        let key = arg.split('=').next().unwrap_or(arg);
+        if !has(key) {
+            args.push(arg.to_string());
+        }
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hardware_hosts_get_only_reboot_and_panic_policy() {
+        assert_eq!(
+            ember_kernel_args("console=ttyS0", Host::Hardware),
+            vec!["reboot=k", "panic=-1"]
+        );
+    }
+
+    #[test]
+    fn emulating_hosts_get_the_platform_workarounds() {
+        let args = ember_kernel_args("console=ttyS0", Host::Emulating);
+        assert_eq!(
+            args,
+            vec!["reboot=k", "panic=-1", "noxsave", "clearcpuid=popcnt,smap"]
+        );
+    }
+
+    #[test]
+    fn user_choices_win() {
+        let args = ember_kernel_args("panic=5 reboot=t noxsave", Host::Emulating);
+        assert_eq!(args, vec!["clearcpuid=popcnt,smap"]);
+    }
+}

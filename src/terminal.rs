@@ -1,0 +1,69 @@
+//! Raw mode for an interactive console, restored on every way out: the
+//! guard's Drop, `restore_terminal()` from the CLI's error and signal paths,
+//! and the panic hook.
+
+use std::sync::Mutex;
+
+/// The terminal settings to put back, if Ember changed them.
+static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
+
+pub fn is_tty(fd: i32) -> bool {
+    // SAFETY: isatty only inspects the descriptor.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+/// Restores stdin's saved terminal settings, if any. Idempotent.
+pub fn restore_terminal() {
+    let mut saved = crate::lock(&SAVED);
+    if let Some(t) = saved.take() {
+        // SAFETY: `t` came from tcgetattr on the same descriptor.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) };
+    }
+}
+
+/// Puts stdin in raw mode while alive.
+pub struct RawMode(());
+
+impl RawMode {
+    /// Switches stdin to raw mode if it is a terminal; None otherwise.
+    pub fn enter() -> std::io::Result<Option<Self>> {
+        if !is_tty(libc::STDIN_FILENO) {
+            return Ok(None);
+        }
+        // SAFETY: termios is plain data; tcgetattr fills it.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: valid descriptor and pointer.
+        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut t) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        *crate::lock(&SAVED) = Some(t);
+        let mut raw = t;
+        // SAFETY: cfmakeraw edits the struct in place.
+        unsafe { libc::cfmakeraw(&mut raw) };
+        // Keep output post-processing so "\n" from Ember's own messages
+        // still returns the carriage; the guest's output is raw anyway.
+        raw.c_oflag |= libc::OPOST;
+        // SAFETY: valid descriptor and pointer.
+        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
+            let e = std::io::Error::last_os_error();
+            restore_terminal();
+            return Err(e);
+        }
+        Ok(Some(RawMode(())))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+/// Makes a panic restore the terminal before the message is printed.
+pub fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        restore_terminal();
+        previous(info);
+    }));
+}

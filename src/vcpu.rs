@@ -1,0 +1,216 @@
+//! One thread per vCPU. `handle_exit` decides what each KVM exit means and
+//! is a plain function, testable without threads or KVM.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+
+use ember_devices::bus::Bus;
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::exit::{Crash, CrashKind, ExitSignal, VmExit};
+
+/// What the vCPU loop does after an exit.
+#[derive(Debug, PartialEq, Eq)]
+pub enum VcpuAction {
+    Resume,
+    Exit(VmExit),
+}
+
+/// The buses a vCPU dispatches to.
+pub struct Buses {
+    pub pio: Bus,
+    pub mmio: Bus,
+}
+
+/// Maps one KVM exit to an action. Port and MMIO accesses go to the buses;
+/// accesses to unmapped addresses read as all ones and are otherwise ignored.
+pub fn handle_exit(exit: VcpuExit, buses: &Buses) -> VcpuAction {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            buses.pio.read(u64::from(port), data);
+            VcpuAction::Resume
+        }
+        VcpuExit::IoOut(port, data) => {
+            buses.pio.write(u64::from(port), data);
+            VcpuAction::Resume
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            buses.mmio.read(addr, data);
+            VcpuAction::Resume
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            buses.mmio.write(addr, data);
+            VcpuAction::Resume
+        }
+        VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => VcpuAction::Resume,
+        VcpuExit::Shutdown => crash(CrashKind::TripleFault),
+        VcpuExit::InternalError => crash(CrashKind::InternalError { suberror: 0 }),
+        VcpuExit::FailEntry(reason, _cpu) => crash(CrashKind::FailEntry { reason }),
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            KVM_SYSTEM_EVENT_SHUTDOWN => VcpuAction::Exit(VmExit::Poweroff),
+            KVM_SYSTEM_EVENT_RESET => VcpuAction::Exit(VmExit::Reboot),
+            KVM_SYSTEM_EVENT_CRASH => crash(CrashKind::GuestPanic),
+            other => crash(CrashKind::UnexpectedExit(format!("system event {other}"))),
+        },
+        other => crash(CrashKind::UnexpectedExit(format!("{other:?}"))),
+    }
+}
+
+fn crash(kind: CrashKind) -> VcpuAction {
+    VcpuAction::Exit(VmExit::Crash(Crash::new(kind)))
+}
+
+/// The signal that kicks a vCPU thread out of KVM_RUN.
+pub fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+/// Installs the (empty) kick handler once per process: its only job is to
+/// make KVM_RUN return EINTR.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+        result = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()));
+    });
+    result
+}
+
+/// Adds RIP and the instruction bytes there to a crash report.
+fn describe_crash(vcpu: &VcpuFd, mem: &GuestMemoryMmap, crash: &mut Crash) {
+    let Ok(regs) = vcpu.get_regs() else { return };
+    crash.rip = Some(regs.rip);
+    let Ok(t) = vcpu.translate_gva(regs.rip) else {
+        return;
+    };
+    if t.valid == 0 {
+        return;
+    }
+    let mut code = [0u8; 16];
+    for (i, b) in code.iter_mut().enumerate() {
+        match mem.read_obj::<u8>(GuestAddress(t.physical_address + i as u64)) {
+            Ok(v) => *b = v,
+            Err(_) => {
+                crash.code = code[..i].to_vec();
+                return;
+            }
+        }
+    }
+    crash.code = code.to_vec();
+}
+
+/// Runs a vCPU until the VM ends or `stop` is set.
+pub fn run(
+    mut vcpu: VcpuFd,
+    cpu: u8,
+    buses: Arc<Buses>,
+    mem: GuestMemoryMmap,
+    exit: Arc<ExitSignal>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Acquire) {
+        let action = match vcpu.run() {
+            Ok(e) => handle_exit(e, &buses),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                vcpu.set_kvm_immediate_exit(0);
+                continue;
+            }
+            Err(e) => VcpuAction::Exit(VmExit::HostError(format!(
+                "KVM_RUN failed on vCPU {cpu}: {e}"
+            ))),
+        };
+        if let VcpuAction::Exit(mut reason) = action {
+            if let VmExit::Crash(c) = &mut reason {
+                c.cpu = Some(cpu);
+                if let CrashKind::InternalError { suberror } = &mut c.kind {
+                    // SAFETY: the exit reason was INTERNAL_ERROR, so the
+                    // `internal` member of the union is the one KVM filled.
+                    *suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                }
+                describe_crash(&vcpu, &mem, c);
+            }
+            exit.trigger(reason);
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ember_devices::bus::BusDevice;
+    use std::sync::Mutex;
+
+    struct Reg(u8);
+    impl BusDevice for Reg {
+        fn read(&mut self, _: u64, d: &mut [u8]) {
+            d[0] = self.0;
+        }
+        fn write(&mut self, _: u64, d: &[u8]) {
+            self.0 = d[0];
+        }
+    }
+
+    fn buses() -> Buses {
+        let mut pio = Bus::new();
+        pio.insert(0x80, 1, Arc::new(Mutex::new(Reg(7)))).unwrap();
+        Buses {
+            pio,
+            mmio: Bus::new(),
+        }
+    }
+
+    #[test]
+    fn port_io_goes_through_the_bus() {
+        let b = buses();
+        assert_eq!(
+            handle_exit(VcpuExit::IoOut(0x80, &[9]), &b),
+            VcpuAction::Resume
+        );
+        let mut d = [0u8];
+        assert_eq!(
+            handle_exit(VcpuExit::IoIn(0x80, &mut d), &b),
+            VcpuAction::Resume
+        );
+        assert_eq!(d, [9]);
+        let mut d = [0u8; 2];
+        handle_exit(VcpuExit::MmioRead(0xd000_0000, &mut d), &b);
+        assert_eq!(d, [0xff, 0xff], "unmapped MMIO reads as all ones");
+    }
+
+    #[test]
+    fn exits_map_to_vm_endings() {
+        let b = buses();
+        assert_eq!(
+            handle_exit(VcpuExit::Shutdown, &b),
+            VcpuAction::Exit(VmExit::Crash(Crash::new(CrashKind::TripleFault)))
+        );
+        assert_eq!(
+            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]), &b),
+            VcpuAction::Exit(VmExit::Poweroff)
+        );
+        assert_eq!(
+            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]), &b),
+            VcpuAction::Exit(VmExit::Reboot)
+        );
+        assert!(matches!(
+            handle_exit(VcpuExit::InternalError, &b),
+            VcpuAction::Exit(VmExit::Crash(Crash {
+                kind: CrashKind::InternalError { .. },
+                ..
+            }))
+        ));
+        assert_eq!(handle_exit(VcpuExit::Hlt, &b), VcpuAction::Resume);
+        assert!(matches!(
+            handle_exit(VcpuExit::Debug(Default::default()), &b),
+            VcpuAction::Exit(VmExit::Crash(Crash {
+                kind: CrashKind::UnexpectedExit(_),
+                ..
+            }))
+        ));
+    }
+}

@@ -1,0 +1,175 @@
+//! ACPI tables: RSDP → XSDT → FADT (hardware-reduced, with the sleep
+//! control register that powers the VM off) + DSDT (`_S5`, pvpanic) and
+//! MADT (one local APIC per vCPU, the IOAPIC). Built with acpi_tables.
+
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::{aml, Aml};
+use ember_devices::sleep::S5_SLEEP_TYPE;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
+
+use crate::layout::{
+    ACPI_END, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR,
+    PVPANIC_PORT,
+};
+
+const OEM_ID: [u8; 6] = *b"EMBER ";
+const OEM_TABLE_ID: [u8; 8] = *b"EMBERVM ";
+const OEM_REVISION: u32 = 1;
+/// IA-PC boot architecture flags: no VGA, no CMOS RTC.
+const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
+const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
+/// "KVMKVMKVM" would be the usual; any value names the hypervisor.
+const HYPERVISOR_ID: u64 = u64::from_le_bytes(*b"EMBERVMM");
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    #[error("ACPI tables need {size:#x} bytes, more than the {room:#x} reserved for them")]
+    TooLarge { size: u64, room: u64 },
+    #[error("cannot write ACPI tables: {0}")]
+    Write(#[from] GuestMemoryError),
+}
+
+fn bytes_of(table: &dyn Aml) -> Vec<u8> {
+    let mut v = Vec::new();
+    table.to_aml_bytes(&mut v);
+    v
+}
+
+/// The DSDT's AML: `\_S5` (the SLP_TYP the sleep control device expects)
+/// and the pvpanic device at its port.
+fn dsdt_aml() -> Vec<u8> {
+    let s5 = aml::Name::new(
+        "_S5_".into(),
+        &aml::Package::new(vec![&S5_SLEEP_TYPE, &S5_SLEEP_TYPE, &0u8, &0u8]),
+    );
+    let port = PVPANIC_PORT as u16;
+    let io = aml::IO::new(port, port, 1, 1);
+    let resources = aml::ResourceTemplate::new(vec![&io]);
+    let hid = aml::Name::new("_HID".into(), &"QEMU0001");
+    let crs = aml::Name::new("_CRS".into(), &resources);
+    let pvpanic = aml::Device::new("PEVT".into(), vec![&hid, &crs]);
+    let scope = aml::Scope::new("\\_SB_".into(), vec![&pvpanic]);
+    let mut v = bytes_of(&s5);
+    v.extend(bytes_of(&scope));
+    v
+}
+
+fn io_register(port: u64) -> GAS {
+    GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, port)
+}
+
+/// Lays the tables out from ACPI_START and writes them; returns the RSDP's
+/// address for boot_params.
+pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8) -> Result<GuestAddress, AcpiError> {
+    let align = |a: u64| (a + 15) & !15;
+    let rsdp_addr = ACPI_START;
+    let xsdt_addr = align(rsdp_addr + Rsdp::len() as u64);
+    // XSDT: header + 2 entries.
+    let fadt_addr = align(xsdt_addr + 36 + 2 * 8);
+    let dsdt_addr = align(fadt_addr + acpi_tables::fadt::FADT::len() as u64);
+
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    dsdt.append_slice(&dsdt_aml());
+    let madt_addr = align(dsdt_addr + dsdt.len() as u64);
+
+    let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .dsdt_64(dsdt_addr)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton);
+    fadt.iapc_boot_arch = (IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT).into();
+    fadt.sleep_control_reg = io_register(ACPI_SLEEP_CONTROL_PORT);
+    fadt.sleep_status_reg = io_register(ACPI_SLEEP_STATUS_PORT);
+    fadt.hypervisor_vendor_identity = HYPERVISOR_ID.into();
+    let fadt = fadt.finalize();
+
+    let mut madt = MADT::new(
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+        LocalInterruptController::Address(LAPIC_ADDR as u32),
+    );
+    for cpu in 0..cpus {
+        madt.add_structure(ProcessorLocalApic::new(cpu, cpu, EnabledStatus::Enabled));
+    }
+    madt.add_structure(IoApic::new(0, IOAPIC_ADDR as u32, 0));
+    let madt = bytes_of(&madt);
+
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    xsdt.add_entry(fadt_addr);
+    xsdt.add_entry(madt_addr);
+
+    let end = madt_addr + madt.len() as u64;
+    if end > ACPI_END {
+        return Err(AcpiError::TooLarge {
+            size: end - ACPI_START,
+            room: ACPI_END - ACPI_START,
+        });
+    }
+    let rsdp = Rsdp::new(OEM_ID, xsdt_addr);
+    for (addr, bytes) in [
+        (rsdp_addr, bytes_of(&rsdp)),
+        (xsdt_addr, bytes_of(&xsdt)),
+        (fadt_addr, bytes_of(&fadt)),
+        (dsdt_addr, dsdt.as_slice().to_vec()),
+        (madt_addr, madt),
+    ] {
+        mem.write_slice(&bytes, GuestAddress(addr))?;
+    }
+    Ok(GuestAddress(rsdp_addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::create_guest_memory;
+
+    fn checksum_ok(b: &[u8]) -> bool {
+        b.iter().fold(0u8, |a, x| a.wrapping_add(*x)) == 0
+    }
+
+    fn table_at(mem: &GuestMemoryMmap, addr: u64) -> Vec<u8> {
+        let len: u32 = mem.read_obj(GuestAddress(addr + 4)).unwrap();
+        let mut b = vec![0u8; len as usize];
+        mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
+        b
+    }
+
+    #[test]
+    fn tables_chain_from_rsdp_with_valid_checksums() {
+        let mem = create_guest_memory(16 << 20).unwrap();
+        let rsdp = write_tables(&mem, 3).unwrap();
+        let mut r = [0u8; 36];
+        mem.read_slice(&mut r, rsdp).unwrap();
+        assert_eq!(&r[..8], b"RSD PTR ");
+        assert!(checksum_ok(&r[..20]) && checksum_ok(&r));
+        let xsdt_addr = u64::from_le_bytes(r[24..32].try_into().unwrap());
+        let xsdt = table_at(&mem, xsdt_addr);
+        assert_eq!(&xsdt[..4], b"XSDT");
+        assert!(checksum_ok(&xsdt));
+        let fadt_addr = u64::from_le_bytes(xsdt[36..44].try_into().unwrap());
+        let madt_addr = u64::from_le_bytes(xsdt[44..52].try_into().unwrap());
+        let fadt = table_at(&mem, fadt_addr);
+        assert_eq!(&fadt[..4], b"FACP");
+        assert!(checksum_ok(&fadt));
+        let madt = table_at(&mem, madt_addr);
+        assert_eq!(&madt[..4], b"APIC");
+        assert!(checksum_ok(&madt));
+        // 44-byte header, 3 local APICs of 8 bytes, 1 IOAPIC of 12.
+        assert_eq!(madt.len(), 44 + 3 * 8 + 12);
+        let dsdt_addr = u64::from_le_bytes(fadt[140..148].try_into().unwrap());
+        let dsdt = table_at(&mem, dsdt_addr);
+        assert_eq!(&dsdt[..4], b"DSDT");
+        assert!(checksum_ok(&dsdt));
+        let aml = &dsdt[36..];
+        assert!(aml.windows(4).any(|w| w == b"_S5_"));
+        assert!(aml.windows(8).any(|w| w == b"QEMU0001"));
+    }
+}
