@@ -33,18 +33,20 @@ use crate::x86_64::{acpi, boot_params, cpuid, msrs, regs};
 
 /// Starts a VM: returns once every vCPU thread runs.
 pub fn build(config: &VmConfig) -> Result<Vm, Error> {
+    // Everything the user gave is checked before KVM is touched, so bad
+    // input gets its own error even on a host without /dev/kvm.
     config.validate()?;
+    check_memory_fits_host(config)?;
     let host = Host::detect();
-    let kvm = Kvm::new().map_err(Error::OpenKvm)?;
-    check_host_limits(&kvm, config)?;
-
     let mem = memory::create_guest_memory(config.memory)?;
+    let kernel = load_boot_payload(&mem, config, host)?;
+    let cr3 = regs::write_boot_tables(&mem)?;
+
+    let kvm = Kvm::new().map_err(Error::OpenKvm)?;
+    check_cpus_fit_kvm(&kvm, config)?;
     let vm_fd = kvm.create_vm().map_err(Error::kvm("create a VM"))?;
     memory::register_with_kvm(&vm_fd, &mem)?;
     create_irqchip_and_pit(&vm_fd)?;
-
-    let kernel = load_boot_payload(&mem, config, host)?;
-    let cr3 = regs::write_boot_tables(&mem)?;
 
     let exit = Arc::new(ExitSignal::default());
     let mut console = ConsoleParts::new(&config.console)?;
@@ -96,8 +98,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
     }))
 }
 
-/// vCPU count against KVM's limit, memory against the host's RAM.
-fn check_host_limits(kvm: &Kvm, config: &VmConfig) -> Result<(), Error> {
+fn check_cpus_fit_kvm(kvm: &Kvm, config: &VmConfig) -> Result<(), Error> {
     let max = kvm.get_max_vcpus();
     if usize::from(config.cpus) > max {
         return Err(ConfigError::CpusAboveKvm {
@@ -106,16 +107,18 @@ fn check_host_limits(kvm: &Kvm, config: &VmConfig) -> Result<(), Error> {
         }
         .into());
     }
-    if let Some(host) = memory::host_memory_bytes() {
-        if config.memory > host {
-            return Err(ConfigError::MemoryAboveHost {
-                value: config.memory,
-                host,
-            }
-            .into());
-        }
-    }
     Ok(())
+}
+
+fn check_memory_fits_host(config: &VmConfig) -> Result<(), Error> {
+    match memory::host_memory_bytes() {
+        Some(host) if config.memory > host => Err(ConfigError::MemoryAboveHost {
+            value: config.memory,
+            host,
+        }
+        .into()),
+        _ => Ok(()),
+    }
 }
 
 fn create_irqchip_and_pit(vm: &VmFd) -> Result<(), Error> {

@@ -46,14 +46,19 @@ impl Host {
 /// Ember's own kernel arguments, skipping any the user already chose.
 /// `reboot=k` makes a guest reboot go through the i8042 reset line (a clean
 /// exit), so a triple fault always means a crash; `panic=-1` turns a guest
-/// panic into an immediate reset instead of a hang.
+/// panic into an immediate reset instead of a hang; `pci=off` because Ember
+/// has no PCI bus, so probing one only costs exits.
 pub fn ember_kernel_args(user: &str, host: Host) -> Vec<String> {
     let has = |key: &str| {
         user.split_whitespace()
             .any(|w| w == key || w.starts_with(&format!("{key}=")))
     };
     let mut args = Vec::new();
-    for (key, arg) in [("reboot", "reboot=k"), ("panic", "panic=-1")] {
+    for (key, arg) in [
+        ("reboot", "reboot=k"),
+        ("panic", "panic=-1"),
+        ("pci", "pci=off"),
+    ] {
         if !has(key) {
             args.push(arg.to_string());
         }
@@ -75,7 +80,7 @@ mod tests {
     fn hardware_hosts_get_only_reboot_and_panic_policy() {
         assert_eq!(
             ember_kernel_args("console=ttyS0", Host::Hardware),
-            vec!["reboot=k", "panic=-1"]
+            vec!["reboot=k", "panic=-1", "pci=off"]
         );
     }
 
@@ -84,13 +89,19 @@ mod tests {
         let args = ember_kernel_args("console=ttyS0", Host::Emulating);
         assert_eq!(
             args,
-            vec!["reboot=k", "panic=-1", "noxsave", "clearcpuid=popcnt,smap"]
+            vec![
+                "reboot=k",
+                "panic=-1",
+                "pci=off",
+                "noxsave",
+                "clearcpuid=popcnt,smap"
+            ]
         );
     }
 
     #[test]
     fn user_choices_win() {
-        let args = ember_kernel_args("panic=5 reboot=t noxsave", Host::Emulating);
+        let args = ember_kernel_args("panic=5 reboot=t pci=on noxsave", Host::Emulating);
         assert_eq!(args, vec!["clearcpuid=popcnt,smap"]);
     }
 }

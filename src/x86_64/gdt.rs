@@ -28,7 +28,7 @@ const fn entry(flags: u16, base: u32, limit: u32) -> u64 {
 /// The KVM segment register contents for GDT entry `index`.
 pub fn segment(index: usize) -> kvm_segment {
     let e = GDT[index];
-    let base = (((e >> 16) & 0xff_ffff) | ((e >> 32) & 0xff00_0000)) as u64;
+    let base = ((e >> 16) & 0xff_ffff) | ((e >> 32) & 0xff00_0000);
     let limit = ((e & 0xffff) | ((e >> 32) & 0xf_0000)) as u32;
     let g = ((e >> 55) & 1) as u8;
     kvm_segment {

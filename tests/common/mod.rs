@@ -1,0 +1,167 @@
+//! Shared test helpers: the KVM skip rule, building tiny guests with the
+//! system assembler, running the `ember` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// True when KVM tests can run. Without /dev/kvm they are skipped with a
+/// message, unless EMBER_REQUIRE_KVM=1, which turns the skip into a failure.
+pub fn kvm_available(test: &str) -> bool {
+    let present = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !present {
+        if std::env::var("EMBER_REQUIRE_KVM").as_deref() == Ok("1") {
+            panic!("{test}: /dev/kvm is not usable and EMBER_REQUIRE_KVM=1");
+        }
+        eprintln!(
+            "SKIPPED {test}: /dev/kvm is not usable (set EMBER_REQUIRE_KVM=1 to fail instead)"
+        );
+    }
+    present
+}
+
+pub fn ember_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ember")
+}
+
+/// A scratch directory for one test.
+pub fn scratch(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run_tool(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (install binutils)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Assembles a 64-bit tiny guest and links it as an ELF whose code starts
+/// at 2 MiB (and whose `.tramp` section, if any, sits at 0x10000 for APs).
+pub fn build_elf_guest(dir: &Path, name: &str, asm: &str) -> PathBuf {
+    let src = dir.join(format!("{name}.S"));
+    let obj = dir.join(format!("{name}.o"));
+    let elf = dir.join(format!("{name}.elf"));
+    std::fs::write(&src, asm).unwrap();
+    run_tool(Command::new("as").args(["--64", "-o"]).arg(&obj).arg(&src));
+    run_tool(
+        Command::new("ld")
+            .args([
+                "-m",
+                "elf_x86_64",
+                "--build-id=none",
+                "-z",
+                "max-page-size=4096",
+                "-e",
+                "_start",
+            ])
+            .args(["-Ttext=0x200000", "--section-start=.tramp=0x10000", "-o"])
+            .arg(&elf)
+            .arg(&obj),
+    );
+    elf
+}
+
+/// Builds a minimal 64-bit bzImage around `asm`: a 1024-byte setup part
+/// (boot sector + one setup sector with the header) and the code, linked
+/// at 1 MiB with the 64-bit entry at offset 0x200.
+pub fn build_bzimage_guest(dir: &Path, name: &str, asm: &str) -> PathBuf {
+    let elf = build_elf_guest_at(dir, name, asm, 0x100000);
+    let bin = dir.join(format!("{name}.bin"));
+    run_tool(
+        Command::new("objcopy")
+            .args(["-O", "binary"])
+            .arg(&elf)
+            .arg(&bin),
+    );
+    let code = std::fs::read(&bin).unwrap();
+    let mut img = vec![0u8; 1024];
+    img[0x1f1] = 1; // setup_sects
+    img[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    img[0x202..0x206].copy_from_slice(b"HdrS");
+    img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // protocol 2.15
+    img[0x211] = 1; // loadflags: LOADED_HIGH
+    img[0x214..0x218].copy_from_slice(&0x100000u32.to_le_bytes()); // code32_start
+    img[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+    img[0x230..0x234].copy_from_slice(&0x200000u32.to_le_bytes()); // kernel_alignment
+    img[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // xloadflags: XLF_KERNEL_64
+    img[0x238..0x23c].copy_from_slice(&2048u32.to_le_bytes()); // cmdline_size
+    img[0x260..0x264].copy_from_slice(&(code.len() as u32).to_le_bytes()); // init_size
+    img.extend_from_slice(&code);
+    let out = dir.join(format!("{name}.bzImage"));
+    std::fs::write(&out, img).unwrap();
+    out
+}
+
+fn build_elf_guest_at(dir: &Path, name: &str, asm: &str, text: u64) -> PathBuf {
+    let src = dir.join(format!("{name}.S"));
+    let obj = dir.join(format!("{name}.o"));
+    let elf = dir.join(format!("{name}.elf"));
+    std::fs::write(&src, asm).unwrap();
+    run_tool(Command::new("as").args(["--64", "-o"]).arg(&obj).arg(&src));
+    run_tool(
+        Command::new("ld")
+            .args([
+                "-m",
+                "elf_x86_64",
+                "--build-id=none",
+                "-z",
+                "max-page-size=4096",
+                "-e",
+                "_start",
+            ])
+            .arg(format!("-Ttext={text:#x}"))
+            .arg("-o")
+            .arg(&elf)
+            .arg(&obj),
+    );
+    elf
+}
+
+/// Runs `ember run` with `args`, stdin from /dev/null, and a time limit.
+pub fn run_ember(args: &[&str], limit: Duration) -> Output {
+    run_ember_with_stdin(args, Stdio::null(), limit)
+}
+
+pub fn run_ember_with_stdin(args: &[&str], stdin: Stdio, limit: Duration) -> Output {
+    let mut child = Command::new(ember_bin())
+        .arg("run")
+        .args(args)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ember");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "ember {args:?} still running after {limit:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}

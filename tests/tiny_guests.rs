@@ -1,0 +1,358 @@
+//! KVM tests with tiny guests assembled here: each boots through Ember's
+//! real path (ELF or bzImage loader, zero page, long-mode entry) and runs a
+//! few hundred instructions, so it takes milliseconds even when emulated.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ember::{ConsoleMode, CrashKind, Vm, VmConfig, VmExit};
+
+const PRELUDE: &str = include_str!("guests/prelude.S");
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn guest(test: &str, file: &str) -> std::path::PathBuf {
+    let dir = scratch(test);
+    let body = std::fs::read_to_string(format!(
+        "{}/tests/guests/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    build_elf_guest(
+        &dir,
+        file.trim_end_matches(".S"),
+        &format!("{PRELUDE}\n{body}"),
+    )
+}
+
+#[test]
+fn serial_output_reaches_stdout_and_i8042_reset_exits_0() {
+    if !kvm_available("serial_output_reaches_stdout_and_i8042_reset_exits_0") {
+        return;
+    }
+    let elf = guest("hello", "hello.S");
+    let out = run_ember(&["--kernel", elf.to_str().unwrap()], LIMIT);
+    assert_eq!(text(&out.stdout), "Hello from a tiny guest\n");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+}
+
+#[test]
+fn bzimage_64bit_entry_works() {
+    if !kvm_available("bzimage_64bit_entry_works") {
+        return;
+    }
+    let dir = scratch("bzimage");
+    let body = format!(
+        "{PRELUDE}\n        .text\n        .globl _start\n        .org 0x200\n{}",
+        std::fs::read_to_string(format!(
+            "{}/tests/guests/hello.S",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+        .replace("        .text\n        .globl _start\n", "")
+    );
+    let img = build_bzimage_guest(&dir, "hello", &body);
+    let out = run_ember(&["--kernel", img.to_str().unwrap()], LIMIT);
+    assert_eq!(
+        text(&out.stdout),
+        "Hello from a tiny guest\n",
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn triple_fault_is_a_crash_with_exit_3_and_a_diagnosis() {
+    if !kvm_available("triple_fault_is_a_crash_with_exit_3_and_a_diagnosis") {
+        return;
+    }
+    let elf = guest("triple", "triple_fault.S");
+    let out = run_ember(&["--kernel", elf.to_str().unwrap()], LIMIT);
+    assert_eq!(text(&out.stdout), "about to triple fault\n");
+    assert_eq!(out.status.code(), Some(3));
+    let err = text(&out.stderr);
+    assert!(err.contains("guest crashed"), "{err}");
+    assert!(err.contains("on vCPU 0 at RIP 0x"), "{err}");
+}
+
+#[test]
+fn an_instruction_the_host_cannot_run_is_a_crash_naming_rip_and_bytes() {
+    if !kvm_available("an_instruction_the_host_cannot_run_is_a_crash_naming_rip_and_bytes") {
+        return;
+    }
+    let elf = guest("ud2", "bad_instruction.S");
+    let out = run_ember(&["--kernel", elf.to_str().unwrap()], LIMIT);
+    assert_eq!(out.status.code(), Some(3));
+    let err = text(&out.stderr);
+    // Emulation failure names the bytes (cc = int3); on hardware the #BP
+    // becomes a triple fault at the same RIP.
+    assert!(err.contains("at RIP 0x200000"), "{err}");
+    if ember::platform::Host::detect().is_emulating() {
+        assert!(err.contains("KVM emulation failure"), "{err}");
+        assert!(err.contains("instruction bytes: cc"), "{err}");
+    }
+}
+
+#[test]
+fn all_vcpus_run() {
+    if !kvm_available("all_vcpus_run") {
+        return;
+    }
+    let dir = scratch("smp");
+    let body =
+        std::fs::read_to_string(format!("{}/tests/guests/smp.S", env!("CARGO_MANIFEST_DIR")))
+            .unwrap();
+    let elf = build_elf_guest(
+        &dir,
+        "smp",
+        &format!("{PRELUDE}\n        .set NCPUS, 4\n{body}"),
+    );
+    let out = run_ember(&["--kernel", elf.to_str().unwrap(), "--cpus", "4"], LIMIT);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("ALL UP"),
+        "{stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
+    for id in ['1', '2', '3'] {
+        assert!(stdout.contains(id), "APIC ID {id} missing: {stdout}");
+    }
+    assert_eq!(out.status.code(), Some(0));
+}
+
+fn e820_lines(stdout: &str) -> Vec<(u64, u64, u64)> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("E820 "))
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split(' ')
+                .map(|h| u64::from_str_radix(h, 16).unwrap())
+                .collect();
+            (v[0], v[1], v[2])
+        })
+        .collect()
+}
+
+#[test]
+fn guest_reads_back_cmdline_and_e820_from_boot_params() {
+    if !kvm_available("guest_reads_back_cmdline_and_e820_from_boot_params") {
+        return;
+    }
+    let elf = guest("bootparams", "bootparams.S");
+    let out = run_ember(
+        &[
+            "--kernel",
+            elf.to_str().unwrap(),
+            "--memory",
+            "4G",
+            "--cmdline",
+            "console=ttyS0 hello=world",
+        ],
+        LIMIT,
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let cmdline = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("CMDLINE "))
+        .unwrap();
+    assert!(
+        cmdline.starts_with("console=ttyS0 hello=world reboot=k panic=-1 pci=off"),
+        "{cmdline}"
+    );
+    let gap_start = ember::layout::MMIO_GAP_START;
+    assert_eq!(
+        e820_lines(&stdout),
+        vec![
+            (0, 0x9fc00, 1),
+            (0xe0000, 0x20000, 2),
+            (0x100000, gap_start - 0x100000, 1),
+            (1 << 32, (4 << 30) - gap_start, 1),
+        ]
+    );
+    assert!(stdout.ends_with("END\n"));
+}
+
+#[test]
+fn piped_input_reaches_the_guest() {
+    if !kvm_available("piped_input_reaches_the_guest") {
+        return;
+    }
+    let elf = guest("echo_pipe", "echo.S");
+    let mut child = Command::new(ember_bin())
+        .args(["run", "--kernel", elf.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Written before the guest reads: it waits in the pipe, not in Ember.
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello, ember\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "ready\nHELLO, EMBER\nbye\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn library_console_scripts_the_guest() {
+    if !kvm_available("library_console_scripts_the_guest") {
+        return;
+    }
+    let elf = guest("echo_lib", "echo.S");
+    let mut config = VmConfig::new(elf);
+    config.console = ConsoleMode::Scripted { echo: false };
+    let mut vm = Vm::start(&config).unwrap();
+    let console = vm.console();
+    console.wait_for("ready", LIMIT).unwrap();
+    // Longer than the 64-byte FIFO: it must arrive whole, in order.
+    let line = "the quick brown fox jumps over the lazy dog ".repeat(4);
+    console.send_line(&line).unwrap();
+    let got = console.wait_for(r"bye", LIMIT).unwrap();
+    assert_eq!(got[0], "bye");
+    assert!(console.transcript().contains(&line.to_uppercase()));
+    assert_eq!(vm.wait(), VmExit::Reboot);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_100mb_stdin_flood_does_not_grow_memory_and_sigterm_exits_143() {
+    if !kvm_available("a_100mb_stdin_flood_does_not_grow_memory_and_sigterm_exits_143") {
+        return;
+    }
+    let elf = guest("flood", "idle.S");
+    let mut child = Command::new(ember_bin())
+        .args(["run", "--kernel", elf.to_str().unwrap(), "--memory", "16M"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut ready = [0u8; 6];
+    std::io::Read::read_exact(&mut stdout, &mut ready).unwrap();
+    assert_eq!(&ready, b"ready\n");
+    let before = rss_kib(child.id());
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'z'; 1 << 20];
+        let mut written = 0usize;
+        for _ in 0..100 {
+            match stdin.write_all(&chunk) {
+                Ok(()) => written += chunk.len(),
+                Err(_) => break,
+            }
+        }
+        written
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let after = rss_kib(child.id());
+    assert!(
+        after < before + 4096,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(status.code(), Some(143));
+    let written = writer.join().unwrap();
+    assert!(
+        written < 100 << 20,
+        "Ember must not swallow the flood: {written}"
+    );
+}
+
+fn count_entries(dir: &str) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+#[test]
+fn several_vms_in_one_process_and_drop_releases_threads_and_fds() {
+    if !kvm_available("several_vms_in_one_process_and_drop_releases_threads_and_fds") {
+        return;
+    }
+    let elf = guest("many", "idle.S");
+    let mut config = VmConfig::new(&elf);
+    config.memory = 8 << 20;
+    config.cpus = 2;
+    config.console = ConsoleMode::Scripted { echo: false };
+    // Warm up process-wide state (signal handlers, allocator arenas).
+    drop(Vm::start(&config).unwrap());
+    let (fds, threads) = (
+        count_entries("/proc/self/fd"),
+        count_entries("/proc/self/task"),
+    );
+    for _round in 0..5 {
+        let vms: Vec<Vm> = (0..3).map(|_| Vm::start(&config).unwrap()).collect();
+        for vm in &vms {
+            vm.console().wait_for("ready", LIMIT).unwrap();
+        }
+        drop(vms);
+    }
+    // Other tests run threads in this process too; give them a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && (count_entries("/proc/self/fd") > fds || count_entries("/proc/self/task") > threads)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(count_entries("/proc/self/fd") <= fds, "fd leak");
+    assert!(count_entries("/proc/self/task") <= threads, "thread leak");
+}
+
+#[test]
+fn stop_ends_a_running_vm_and_wait_returns_the_reason() {
+    if !kvm_available("stop_ends_a_running_vm_and_wait_returns_the_reason") {
+        return;
+    }
+    let elf = guest("stop", "idle.S");
+    let mut config = VmConfig::new(elf);
+    config.console = ConsoleMode::Scripted { echo: false };
+    let mut vm = Vm::start(&config).unwrap();
+    vm.console().wait_for("ready", LIMIT).unwrap();
+    assert_eq!(vm.wait_timeout(Some(Duration::from_millis(50))), None);
+    assert_eq!(vm.stop(), VmExit::Stopped(ember::StopReason::Requested));
+    assert_eq!(vm.wait(), VmExit::Stopped(ember::StopReason::Requested));
+    let e = vm.console().wait_for("never", LIMIT).unwrap_err();
+    assert!(matches!(e, ember::ConsoleError::VmEnded { .. }));
+}
+
+#[test]
+fn library_reports_a_triple_fault_as_a_crash() {
+    if !kvm_available("library_reports_a_triple_fault_as_a_crash") {
+        return;
+    }
+    let elf = guest("triple_lib", "triple_fault.S");
+    let mut config = VmConfig::new(elf);
+    config.console = ConsoleMode::Scripted { echo: false };
+    let mut vm = Vm::start(&config).unwrap();
+    match vm.wait() {
+        VmExit::Crash(c) => {
+            assert_eq!(c.kind, CrashKind::TripleFault);
+            assert_eq!(c.cpu, Some(0));
+            assert!(c.rip.is_some());
+        }
+        other => panic!("expected a crash, got {other}"),
+    }
+}
