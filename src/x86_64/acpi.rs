@@ -15,8 +15,8 @@ use ember_devices::sleep::S5_SLEEP_TYPE;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 use crate::layout::{
-    ACPI_END, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR,
-    PVPANIC_PORT,
+    ACPI_END, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, ACPI_START, COM1_IRQ, COM1_PORT,
+    COM1_PORT_LEN, IOAPIC_ADDR, LAPIC_ADDR, PVPANIC_PORT,
 };
 
 const OEM_ID: [u8; 6] = *b"EMBER ";
@@ -42,23 +42,55 @@ fn bytes_of(table: &dyn Aml) -> Vec<u8> {
     v
 }
 
-/// The DSDT's AML: `\_S5` (the SLP_TYP the sleep control device expects)
-/// and the pvpanic device at its port.
+/// The DSDT's AML: `\_S5` (the SLP_TYP the sleep control device expects),
+/// COM1 (hardware-reduced ACPI has no legacy PIC, so its IRQ reaches Linux
+/// only through this declaration) and the pvpanic device.
 fn dsdt_aml() -> Vec<u8> {
     let s5 = aml::Name::new(
         "_S5_".into(),
         &aml::Package::new(vec![&S5_SLEEP_TYPE, &S5_SLEEP_TYPE, &0u8, &0u8]),
     );
-    let port = PVPANIC_PORT as u16;
-    let io = aml::IO::new(port, port, 1, 1);
-    let resources = aml::ResourceTemplate::new(vec![&io]);
-    let hid = aml::Name::new("_HID".into(), &"QEMU0001");
-    let crs = aml::Name::new("_CRS".into(), &resources);
-    let pvpanic = aml::Device::new("PEVT".into(), vec![&hid, &crs]);
-    let scope = aml::Scope::new("\\_SB_".into(), vec![&pvpanic]);
+
+    let com1_port = COM1_PORT as u16;
+    let com1_io = aml::IO::new(com1_port, com1_port, 1, COM1_PORT_LEN as u8);
+    let com1_irq = aml::Interrupt::new(true, true, false, false, COM1_IRQ);
+    let com1_res = aml::ResourceTemplate::new(vec![&com1_io, &com1_irq]);
+    let com1_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501"));
+    let com1_uid = aml::Name::new("_UID".into(), &0u8);
+    let com1_crs = aml::Name::new("_CRS".into(), &com1_res);
+    let com1 = aml::Device::new("COM1".into(), vec![&com1_hid, &com1_uid, &com1_crs]);
+
+    let panic_port = PVPANIC_PORT as u16;
+    let panic_io = aml::IO::new(panic_port, panic_port, 1, 1);
+    let panic_res = aml::ResourceTemplate::new(vec![&panic_io]);
+    let panic_hid = aml::Name::new("_HID".into(), &"QEMU0001");
+    let panic_crs = aml::Name::new("_CRS".into(), &panic_res);
+    let pvpanic = aml::Device::new("PEVT".into(), vec![&panic_hid, &panic_crs]);
+
+    let scope = aml::Scope::new("\\_SB_".into(), vec![&com1, &pvpanic]);
     let mut v = bytes_of(&s5);
     v.extend(bytes_of(&scope));
     v
+}
+
+/// MADT flags offset and its PCAT_COMPAT bit: the VM has the dual 8259
+/// PICs (KVM's irqchip). Without it Linux sets up no legacy ISA IRQs, and
+/// COM1's IRQ 4 never reaches the serial driver.
+const MADT_FLAGS_OFFSET: usize = 40;
+const MADT_PCAT_COMPAT: u32 = 1;
+/// Offset of the checksum byte in every ACPI table header.
+const CHECKSUM_OFFSET: usize = 9;
+
+/// acpi_tables' MADT has no setter for its flags: set the bit in the
+/// serialized table and fix the checksum.
+fn with_pcat_compat(mut madt: Vec<u8>) -> Vec<u8> {
+    let flags = &mut madt[MADT_FLAGS_OFFSET..MADT_FLAGS_OFFSET + 4];
+    let value = u32::from_le_bytes([flags[0], flags[1], flags[2], flags[3]]) | MADT_PCAT_COMPAT;
+    flags.copy_from_slice(&value.to_le_bytes());
+    madt[CHECKSUM_OFFSET] = 0;
+    let sum = madt.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+    madt[CHECKSUM_OFFSET] = 0u8.wrapping_sub(sum);
+    madt
 }
 
 fn io_register(port: u64) -> GAS {
@@ -100,7 +132,7 @@ pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8) -> Result<GuestAddress, Acp
         madt.add_structure(ProcessorLocalApic::new(cpu, cpu, EnabledStatus::Enabled));
     }
     madt.add_structure(IoApic::new(0, IOAPIC_ADDR as u32, 0));
-    let madt = bytes_of(&madt);
+    let madt = with_pcat_compat(bytes_of(&madt));
 
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr);
@@ -164,6 +196,7 @@ mod tests {
         assert!(checksum_ok(&madt));
         // 44-byte header, 3 local APICs of 8 bytes, 1 IOAPIC of 12.
         assert_eq!(madt.len(), 44 + 3 * 8 + 12);
+        assert_eq!(madt[MADT_FLAGS_OFFSET] & 1, 1, "PCAT_COMPAT");
         let dsdt_addr = u64::from_le_bytes(fadt[140..148].try_into().unwrap());
         let dsdt = table_at(&mem, dsdt_addr);
         assert_eq!(&dsdt[..4], b"DSDT");
@@ -171,5 +204,6 @@ mod tests {
         let aml = &dsdt[36..];
         assert!(aml.windows(4).any(|w| w == b"_S5_"));
         assert!(aml.windows(8).any(|w| w == b"QEMU0001"));
+        assert!(aml.windows(4).any(|w| w == b"COM1"));
     }
 }
