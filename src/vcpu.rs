@@ -117,11 +117,6 @@ pub fn run(
             Ok(e) => handle_exit(e, &buses),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
-                if std::env::var("EMBER_TRACE").is_ok() {
-                    let r = vcpu.get_regs().unwrap();
-                    let s = vcpu.get_sregs().unwrap();
-                    eprintln!("TRACE cpu{cpu} rip={:#x} cs={:#x} cr2={:#x} rax={:#x} rcx={:#x} rflags={:#x} efer={:#x}", r.rip, s.cs.selector, s.cr2, r.rax, r.rcx, r.rflags, s.efer);
-                }
                 continue;
             }
             Err(e) => VcpuAction::Exit(VmExit::HostError(format!(

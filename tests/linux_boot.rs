@@ -13,7 +13,7 @@ use ember::{Console, ConsoleMode, Vm, VmConfig, VmExit};
 /// and the two boots of this file run side by side on 2 cores.
 const BOOT: Duration = Duration::from_secs(600);
 const COMMAND: Duration = Duration::from_secs(120);
-const PROMPT: &str = r"ember:[^\n]*# $";
+const PROMPT: &str = r"ember:[^\n]*# (?:\x1b\[6n)?$";
 
 fn kit() -> Option<(PathBuf, PathBuf)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/guest");
@@ -75,7 +75,7 @@ fn kit_boots_with_2_cpus_answers_and_powers_off() {
         return;
     };
     let ready = console
-        .wait_for(r"ember-kit: ready cpus=(\d+) mem_kb=(\d+)", BOOT)
+        .wait_for(r"ember-kit: ready cpus=(\d+) mem_kb=(\d+)\r?\n", BOOT)
         .unwrap_or_else(|e| panic!("boot: {e}\ntranscript:\n{}", console.transcript()));
     assert_eq!(ready[1], "2", "CPUs seen by the guest");
     let mem_kb: u64 = ready[2].parse().unwrap();
