@@ -28,12 +28,13 @@ fn kit() -> Option<(PathBuf, PathBuf)> {
     None
 }
 
-fn boot(cpus: u8, memory: u64) -> Option<(Vm, Console)> {
+fn boot(cpus: u8, memory: u64, cmdline: &str) -> Option<(Vm, Console)> {
     let (kernel, initrd) = kit()?;
     let mut config = VmConfig::new(kernel);
     config.initrd = Some(initrd);
     config.cpus = cpus;
     config.memory = memory;
+    config.cmdline = cmdline.to_string();
     config.console = ConsoleMode::Scripted {
         echo: std::env::var_os("EMBER_TEST_ECHO").is_some(),
     };
@@ -71,7 +72,7 @@ fn kit_boots_with_2_cpus_answers_and_powers_off() {
     if !kvm_available("kit_boots_with_2_cpus_answers_and_powers_off") {
         return;
     }
-    let Some((mut vm, console)) = boot(2, 384 << 20) else {
+    let Some((mut vm, console)) = boot(2, 384 << 20, "console=ttyS0") else {
         return;
     };
     let ready = console
@@ -100,7 +101,7 @@ fn kit_reboot_ends_ember_cleanly() {
     if !kvm_available("kit_reboot_ends_ember_cleanly") {
         return;
     }
-    let Some((mut vm, console)) = boot(1, 256 << 20) else {
+    let Some((mut vm, console)) = boot(1, 256 << 20, "console=ttyS0") else {
         return;
     };
     console
@@ -108,4 +109,21 @@ fn kit_reboot_ends_ember_cleanly() {
         .unwrap_or_else(|e| panic!("boot: {e}\ntranscript:\n{}", console.transcript()));
     console.send_line("reboot").unwrap();
     assert_eq!(vm.wait(), VmExit::Reboot, "{}", console.transcript());
+}
+
+#[test]
+fn kit_kernel_panic_is_reported_as_a_guest_panic() {
+    if !kvm_available("kit_kernel_panic_is_reported_as_a_guest_panic") {
+        return;
+    }
+    // init exits at once: "Attempted to kill init!", a panic that pvpanic
+    // reports before panic=-1 resets the VM.
+    let Some((mut vm, console)) = boot(1, 256 << 20, "console=ttyS0 rdinit=/bin/false") else {
+        return;
+    };
+    match vm.wait() {
+        VmExit::Crash(c) => assert_eq!(c.kind, ember::CrashKind::GuestPanic),
+        other => panic!("expected a guest panic, got {other}\n{}", console.transcript()),
+    }
+    assert!(console.transcript().contains("Kernel panic"));
 }
