@@ -123,7 +123,10 @@ fn kit_kernel_panic_is_reported_as_a_guest_panic() {
     };
     match vm.wait() {
         VmExit::Crash(c) => assert_eq!(c.kind, ember::CrashKind::GuestPanic),
-        other => panic!("expected a guest panic, got {other}\n{}", console.transcript()),
+        other => panic!(
+            "expected a guest panic, got {other}\n{}",
+            console.transcript()
+        ),
     }
     assert!(console.transcript().contains("Kernel panic"));
 }

@@ -283,44 +283,6 @@ fn a_100mb_stdin_flood_does_not_grow_memory_and_sigterm_exits_143() {
     );
 }
 
-fn count_entries(dir: &str) -> usize {
-    std::fs::read_dir(dir).unwrap().count()
-}
-
-#[test]
-fn several_vms_in_one_process_and_drop_releases_threads_and_fds() {
-    if !kvm_available("several_vms_in_one_process_and_drop_releases_threads_and_fds") {
-        return;
-    }
-    let elf = guest("many", "idle.S");
-    let mut config = VmConfig::new(&elf);
-    config.memory = 8 << 20;
-    config.cpus = 2;
-    config.console = ConsoleMode::Scripted { echo: false };
-    // Warm up process-wide state (signal handlers, allocator arenas).
-    drop(Vm::start(&config).unwrap());
-    let (fds, threads) = (
-        count_entries("/proc/self/fd"),
-        count_entries("/proc/self/task"),
-    );
-    for _round in 0..5 {
-        let vms: Vec<Vm> = (0..3).map(|_| Vm::start(&config).unwrap()).collect();
-        for vm in &vms {
-            vm.console().wait_for("ready", LIMIT).unwrap();
-        }
-        drop(vms);
-    }
-    // Other tests run threads in this process too; give them a moment.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline
-        && (count_entries("/proc/self/fd") > fds || count_entries("/proc/self/task") > threads)
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(count_entries("/proc/self/fd") <= fds, "fd leak");
-    assert!(count_entries("/proc/self/task") <= threads, "thread leak");
-}
-
 #[test]
 fn stop_ends_a_running_vm_and_wait_returns_the_reason() {
     if !kvm_available("stop_ends_a_running_vm_and_wait_returns_the_reason") {

@@ -51,6 +51,15 @@ fn run_tool(cmd: &mut Command) {
 /// Assembles a 64-bit tiny guest and links it as an ELF whose code starts
 /// at 2 MiB (and whose `.tramp` section, if any, sits at 0x10000 for APs).
 pub fn build_elf_guest(dir: &Path, name: &str, asm: &str) -> PathBuf {
+    link_guest(
+        dir,
+        name,
+        asm,
+        &["-Ttext=0x200000", "--section-start=.tramp=0x10000"],
+    )
+}
+
+fn link_guest(dir: &Path, name: &str, asm: &str, layout: &[&str]) -> PathBuf {
     let src = dir.join(format!("{name}.S"));
     let obj = dir.join(format!("{name}.o"));
     let elf = dir.join(format!("{name}.elf"));
@@ -67,7 +76,8 @@ pub fn build_elf_guest(dir: &Path, name: &str, asm: &str) -> PathBuf {
                 "-e",
                 "_start",
             ])
-            .args(["-Ttext=0x200000", "--section-start=.tramp=0x10000", "-o"])
+            .args(layout)
+            .arg("-o")
             .arg(&elf)
             .arg(&obj),
     );
@@ -78,7 +88,7 @@ pub fn build_elf_guest(dir: &Path, name: &str, asm: &str) -> PathBuf {
 /// (boot sector + one setup sector with the header) and the code, linked
 /// at 1 MiB with the 64-bit entry at offset 0x200.
 pub fn build_bzimage_guest(dir: &Path, name: &str, asm: &str) -> PathBuf {
-    let elf = build_elf_guest_at(dir, name, asm, 0x100000);
+    let elf = link_guest(dir, name, asm, &["-Ttext=0x100000"]);
     let bin = dir.join(format!("{name}.bin"));
     run_tool(
         Command::new("objcopy")
@@ -103,31 +113,6 @@ pub fn build_bzimage_guest(dir: &Path, name: &str, asm: &str) -> PathBuf {
     let out = dir.join(format!("{name}.bzImage"));
     std::fs::write(&out, img).unwrap();
     out
-}
-
-fn build_elf_guest_at(dir: &Path, name: &str, asm: &str, text: u64) -> PathBuf {
-    let src = dir.join(format!("{name}.S"));
-    let obj = dir.join(format!("{name}.o"));
-    let elf = dir.join(format!("{name}.elf"));
-    std::fs::write(&src, asm).unwrap();
-    run_tool(Command::new("as").args(["--64", "-o"]).arg(&obj).arg(&src));
-    run_tool(
-        Command::new("ld")
-            .args([
-                "-m",
-                "elf_x86_64",
-                "--build-id=none",
-                "-z",
-                "max-page-size=4096",
-                "-e",
-                "_start",
-            ])
-            .arg(format!("-Ttext={text:#x}"))
-            .arg("-o")
-            .arg(&elf)
-            .arg(&obj),
-    );
-    elf
 }
 
 /// Runs `ember run` with `args`, stdin from /dev/null, and a time limit.
