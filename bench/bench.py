@@ -139,6 +139,9 @@ def main():
     s = tiny_wall(hello, n)
     print(f"tiny_guest_wall_ms        median {median_ms(s):.1f}  min {min(s)*1000:.1f}  max {max(s)*1000:.1f}  (n={n}; ember run --kernel hello.elf, spawn -> exit 0)")
 
+    vms = "100" if QUICK else "1000"
+    subprocess.run(["cargo", "bench", "--quiet", "--bench", "lifecycle", "--", idle, vms], cwd=ROOT, check=True)
+
     total, guest = vmm_overhead([EMBER, "run", "--kernel", idle, "--memory", "128M"], 128, rb"ready")
     print(f"vmm_overhead_rss_mib      {(total - guest)/1024:.1f}  (idle tiny guest, 1 vCPU, 128M: RSS {total/1024:.1f} MiB - guest RAM touched {guest/1024:.1f} MiB)")
 
