@@ -7,6 +7,7 @@ pub mod i8042;
 pub mod pvpanic;
 pub mod serial;
 pub mod sleep;
+pub mod virtio;
 
 mod signal_line;
 pub use signal_line::SignalLine;

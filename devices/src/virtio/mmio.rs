@@ -1,0 +1,682 @@
+//! The virtio-mmio register file (virtio 1.2, 4.2.2) and the device status
+//! state machine. Every guest write is checked against the state it is
+//! allowed in; anything else is ignored and logged once per kind.
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::bus::BusDevice;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x4d42_4d45; // "EMBM"
+
+mod reg {
+    pub const MAGIC: u64 = 0x000;
+    pub const VERSION: u64 = 0x004;
+    pub const DEVICE_ID: u64 = 0x008;
+    pub const VENDOR_ID: u64 = 0x00c;
+    pub const DEVICE_FEATURES: u64 = 0x010;
+    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
+    pub const DRIVER_FEATURES: u64 = 0x020;
+    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+    pub const QUEUE_SEL: u64 = 0x030;
+    pub const QUEUE_NUM_MAX: u64 = 0x034;
+    pub const QUEUE_NUM: u64 = 0x038;
+    pub const QUEUE_READY: u64 = 0x044;
+    pub const QUEUE_NOTIFY: u64 = 0x050;
+    pub const INTERRUPT_STATUS: u64 = 0x060;
+    pub const INTERRUPT_ACK: u64 = 0x064;
+    pub const STATUS: u64 = 0x070;
+    pub const QUEUE_DESC_LOW: u64 = 0x080;
+    pub const QUEUE_DESC_HIGH: u64 = 0x084;
+    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
+    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
+    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    pub const CONFIG_GENERATION: u64 = 0x0fc;
+    pub const CONFIG: u64 = 0x100;
+}
+
+/// Offset of QueueNotify, for the VMM's ioeventfd registration.
+pub const QUEUE_NOTIFY_OFFSET: u64 = reg::QUEUE_NOTIFY;
+
+mod status {
+    pub const ACKNOWLEDGE: u32 = 1;
+    pub const DRIVER: u32 = 2;
+    pub const DRIVER_OK: u32 = 4;
+    pub const FEATURES_OK: u32 = 8;
+    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    pub const FAILED: u32 = 128;
+}
+
+/// Where the driver is in bringing the device up (virtio 1.2, 3.1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceStatus {
+    Reset,
+    Acknowledged,
+    DriverLoaded,
+    FeaturesOk,
+    Running,
+    /// The driver gave up (FAILED), or DRIVER_OK was refused.
+    Failed {
+        needs_reset: bool,
+    },
+}
+
+impl DeviceStatus {
+    fn bits(self) -> u32 {
+        use status::*;
+        match self {
+            DeviceStatus::Reset => 0,
+            DeviceStatus::Acknowledged => ACKNOWLEDGE,
+            DeviceStatus::DriverLoaded => ACKNOWLEDGE | DRIVER,
+            DeviceStatus::FeaturesOk => ACKNOWLEDGE | DRIVER | FEATURES_OK,
+            DeviceStatus::Running => ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+            DeviceStatus::Failed { needs_reset: true } => {
+                ACKNOWLEDGE | DRIVER | FEATURES_OK | DEVICE_NEEDS_RESET
+            }
+            DeviceStatus::Failed { needs_reset: false } => FAILED,
+        }
+    }
+}
+
+/// Kinds of ignored guest accesses, each logged once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ignored {
+    Width,
+    QueueRegisterOutOfState,
+    FeaturesOutOfState,
+    QueueSel,
+    Notify,
+    StatusTransition,
+    ReadOnlyRegister,
+}
+
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<Interrupt>,
+    queues: Vec<Queue>,
+    queue_events: Vec<EventFd>,
+    /// Per queue, per setting (size, descriptor table, driver ring, device
+    /// ring): the driver's last value was refused (size 0, not a power of two
+    /// or above the maximum; ring misaligned). virtio-queue keeps the old
+    /// value then, so DRIVER_OK must fail instead.
+    refused: Vec<[bool; 4]>,
+    status: DeviceStatus,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    logged: Vec<Ignored>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot create queue {index} of size {size}: {reason}")]
+    Queue {
+        index: usize,
+        size: u16,
+        reason: String,
+    },
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+}
+
+impl MmioTransport {
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        irq: EventFd,
+    ) -> Result<Self, TransportError> {
+        let mut queues = Vec::new();
+        let mut queue_events = Vec::new();
+        for (index, &size) in device.queue_max_sizes().iter().enumerate() {
+            queues.push(Queue::new(size).map_err(|e| TransportError::Queue {
+                index,
+                size,
+                reason: e.to_string(),
+            })?);
+            queue_events.push(EventFd::new(EFD_NONBLOCK).map_err(TransportError::EventFd)?);
+        }
+        Ok(Self {
+            device,
+            mem,
+            interrupt: Arc::new(Interrupt::new(irq)),
+            refused: vec![[false; 4]; queues.len()],
+            queues,
+            queue_events,
+            status: DeviceStatus::Reset,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            logged: Vec::new(),
+        })
+    }
+
+    /// The eventfds the VMM registers as ioeventfds on QueueNotify, one per
+    /// queue (datamatch = the queue index), and watches on its event loop.
+    pub fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    pub fn status(&self) -> DeviceStatus {
+        self.status
+    }
+
+    pub fn device_type(&self) -> u32 {
+        self.device.device_type()
+    }
+
+    /// Queue `index` was notified (from the event loop).
+    pub fn process_queue(&mut self, index: usize) {
+        if self.status == DeviceStatus::Running {
+            self.device.process_queue(index);
+        }
+    }
+
+    fn ignore(&mut self, kind: Ignored, what: std::fmt::Arguments) {
+        if !self.logged.contains(&kind) {
+            log::warn!("virtio-mmio: ignoring {what} (logged once)");
+            self.logged.push(kind);
+        }
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn device_features_word(&self) -> u32 {
+        let features = self.device.features() | VIRTIO_F_VERSION_1;
+        match self.device_features_sel {
+            0 => features as u32,
+            1 => (features >> 32) as u32,
+            _ => 0,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.device.reset();
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.refused.iter_mut().for_each(|r| *r = [false; 4]);
+        self.status = DeviceStatus::Reset;
+        self.driver_features = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.queue_sel = 0;
+        self.interrupt.ack(u32::MAX);
+    }
+
+    fn features_acceptable(&self) -> bool {
+        let offered = self.device.features() | VIRTIO_F_VERSION_1;
+        self.driver_features & !offered == 0 && self.driver_features & VIRTIO_F_VERSION_1 != 0
+    }
+
+    /// DRIVER_OK: every ready queue must be valid (size a power of two within
+    /// the maximum, rings aligned and inside guest memory), at least one ready.
+    fn activate(&mut self) -> DeviceStatus {
+        let any_ready = self.queues.iter().any(|q| q.ready());
+        let all_valid = self
+            .queues
+            .iter()
+            .zip(&self.refused)
+            .filter(|(q, _)| q.ready())
+            .all(|(q, refused)| !refused.contains(&true) && q.is_valid(&self.mem));
+        if !any_ready || !all_valid {
+            log::warn!(
+                "virtio-mmio: refusing DRIVER_OK: a ready queue is invalid or none is ready"
+            );
+            return DeviceStatus::Failed { needs_reset: true };
+        }
+        let mut queue_events = Vec::new();
+        for e in &self.queue_events {
+            match e.try_clone() {
+                Ok(c) => queue_events.push(c),
+                Err(e) => {
+                    log::error!("virtio-mmio: cannot clone a queue eventfd: {e}");
+                    return DeviceStatus::Failed { needs_reset: true };
+                }
+            }
+        }
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for q in &self.queues {
+            match Queue::try_from(q.state()) {
+                Ok(copy) => queues.push(copy),
+                Err(e) => {
+                    log::warn!("virtio-mmio: refusing DRIVER_OK: {e}");
+                    return DeviceStatus::Failed { needs_reset: true };
+                }
+            }
+        }
+        let activation = Activation {
+            mem: self.mem.clone(),
+            queues,
+            queue_events,
+            interrupt: self.interrupt.clone(),
+            acked_features: self.driver_features,
+        };
+        match self.device.activate(activation) {
+            Ok(()) => DeviceStatus::Running,
+            Err(e) => {
+                log::error!("virtio-mmio: device activation failed: {e}");
+                DeviceStatus::Failed { needs_reset: true }
+            }
+        }
+    }
+
+    fn write_status(&mut self, value: u32) {
+        use status::*;
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        if value & FAILED != 0 {
+            self.status = DeviceStatus::Failed { needs_reset: false };
+            return;
+        }
+        let next = match (self.status, value) {
+            (DeviceStatus::Reset, ACKNOWLEDGE) => DeviceStatus::Acknowledged,
+            (DeviceStatus::Acknowledged, v) if v == ACKNOWLEDGE | DRIVER => {
+                DeviceStatus::DriverLoaded
+            }
+            (DeviceStatus::DriverLoaded, v) if v == ACKNOWLEDGE | DRIVER | FEATURES_OK => {
+                if self.features_acceptable() {
+                    DeviceStatus::FeaturesOk
+                } else {
+                    // FEATURES_OK stays clear: the driver reads it back and gives up.
+                    DeviceStatus::DriverLoaded
+                }
+            }
+            (DeviceStatus::FeaturesOk, v)
+                if v == ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK =>
+            {
+                self.activate()
+            }
+            (s, v) if v == s.bits() => s,
+            (s, v) => {
+                self.ignore(
+                    Ignored::StatusTransition,
+                    format_args!("status {v:#x} in state {s:?}"),
+                );
+                s
+            }
+        };
+        self.status = next;
+    }
+
+    fn write_queue_register(&mut self, offset: u64, value: u32) {
+        if self.status != DeviceStatus::FeaturesOk {
+            let s = self.status;
+            return self.ignore(
+                Ignored::QueueRegisterOutOfState,
+                format_args!("queue register {offset:#x} written in state {s:?}"),
+            );
+        }
+        let sel = self.queue_sel as usize;
+        let Some(q) = self.queues.get_mut(sel) else {
+            return self.ignore(
+                Ignored::QueueSel,
+                format_args!("QueueSel {sel} (no such queue)"),
+            );
+        };
+        let low = |old: u64| (old & !0xffff_ffff) | u64::from(value);
+        let high = |old: u64| (old & 0xffff_ffff) | (u64::from(value) << 32);
+        let (setting, accepted) = match offset {
+            reg::QUEUE_NUM => {
+                let ok = value != 0 && value.is_power_of_two() && value <= u32::from(q.max_size());
+                if ok {
+                    q.set_size(value as u16);
+                }
+                (0, ok)
+            }
+            reg::QUEUE_READY => {
+                q.set_ready(value == 1);
+                return;
+            }
+            reg::QUEUE_DESC_LOW | reg::QUEUE_DESC_HIGH => {
+                let want = if offset == reg::QUEUE_DESC_LOW {
+                    low(q.desc_table())
+                } else {
+                    high(q.desc_table())
+                };
+                q.set_desc_table_address(Some(want as u32), Some((want >> 32) as u32));
+                (1, q.desc_table() == want)
+            }
+            reg::QUEUE_DRIVER_LOW | reg::QUEUE_DRIVER_HIGH => {
+                let want = if offset == reg::QUEUE_DRIVER_LOW {
+                    low(q.avail_ring())
+                } else {
+                    high(q.avail_ring())
+                };
+                q.set_avail_ring_address(Some(want as u32), Some((want >> 32) as u32));
+                (2, q.avail_ring() == want)
+            }
+            reg::QUEUE_DEVICE_LOW | reg::QUEUE_DEVICE_HIGH => {
+                let want = if offset == reg::QUEUE_DEVICE_LOW {
+                    low(q.used_ring())
+                } else {
+                    high(q.used_ring())
+                };
+                q.set_used_ring_address(Some(want as u32), Some((want >> 32) as u32));
+                (3, q.used_ring() == want)
+            }
+            _ => return,
+        };
+        self.refused[sel][setting] = !accepted;
+    }
+
+    fn read_register(&mut self, offset: u64) -> u32 {
+        match offset {
+            reg::MAGIC => MAGIC,
+            reg::VERSION => VERSION,
+            reg::DEVICE_ID => self.device.device_type(),
+            reg::VENDOR_ID => VENDOR_ID,
+            reg::DEVICE_FEATURES => self.device_features_word(),
+            reg::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
+            reg::QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            reg::INTERRUPT_STATUS => self.interrupt.status(),
+            reg::STATUS => self.status.bits(),
+            reg::CONFIG_GENERATION => 0,
+            _ => 0,
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) {
+        match offset {
+            reg::DEVICE_FEATURES_SEL => self.device_features_sel = value,
+            reg::DRIVER_FEATURES_SEL => self.driver_features_sel = value,
+            reg::DRIVER_FEATURES => {
+                if self.status != DeviceStatus::DriverLoaded {
+                    let s = self.status;
+                    return self.ignore(
+                        Ignored::FeaturesOutOfState,
+                        format_args!("DriverFeatures written in state {s:?}"),
+                    );
+                }
+                match self.driver_features_sel {
+                    0 => {
+                        self.driver_features =
+                            (self.driver_features & !0xffff_ffff) | u64::from(value)
+                    }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                    }
+                    _ => {}
+                }
+            }
+            reg::QUEUE_SEL => self.queue_sel = value,
+            reg::QUEUE_NUM
+            | reg::QUEUE_READY
+            | reg::QUEUE_DESC_LOW
+            | reg::QUEUE_DESC_HIGH
+            | reg::QUEUE_DRIVER_LOW
+            | reg::QUEUE_DRIVER_HIGH
+            | reg::QUEUE_DEVICE_LOW
+            | reg::QUEUE_DEVICE_HIGH => self.write_queue_register(offset, value),
+            reg::QUEUE_NOTIFY => {
+                // Normally an ioeventfd catches this write inside KVM.
+                match self.queue_events.get(value as usize) {
+                    Some(e) if self.status == DeviceStatus::Running => {
+                        let _ = e.write(1);
+                    }
+                    _ => self.ignore(Ignored::Notify, format_args!("QueueNotify {value}")),
+                }
+            }
+            reg::INTERRUPT_ACK => self.interrupt.ack(value),
+            reg::STATUS => self.write_status(value),
+            _ => self.ignore(
+                Ignored::ReadOnlyRegister,
+                format_args!("write to read-only or unknown register {offset:#x}"),
+            ),
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= reg::CONFIG {
+            data.fill(0);
+            return self.device.read_config(offset - reg::CONFIG, data);
+        }
+        if data.len() != 4 || offset % 4 != 0 {
+            let n = data.len();
+            return self.ignore(Ignored::Width, format_args!("{n}-byte read at {offset:#x}"));
+        }
+        data.copy_from_slice(&self.read_register(offset).to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= reg::CONFIG {
+            return self.ignore(
+                Ignored::ReadOnlyRegister,
+                format_args!("config space write at {offset:#x}"),
+            );
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            let n = data.len();
+            return self.ignore(
+                Ignored::Width,
+                format_args!("{n}-byte write at {offset:#x}"),
+            );
+        };
+        if offset % 4 != 0 {
+            return self.ignore(
+                Ignored::Width,
+                format_args!("unaligned write at {offset:#x}"),
+            );
+        }
+        self.write_register(offset, u32::from_le_bytes(bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use vm_memory::GuestAddress;
+
+    #[derive(Default)]
+    struct Counts {
+        activated: AtomicUsize,
+        reset: AtomicUsize,
+        processed: AtomicUsize,
+    }
+
+    struct Stub(Arc<Counts>);
+
+    impl VirtioDevice for Stub {
+        fn device_type(&self) -> u32 {
+            2
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn features(&self) -> u64 {
+            1 << 9
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            data[0] = offset as u8 + 0x40;
+        }
+        fn activate(&mut self, _: Activation) -> Result<(), String> {
+            self.0.activated.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.0.reset.fetch_add(1, Ordering::SeqCst);
+        }
+        fn process_queue(&mut self, _: usize) {
+            self.0.processed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn transport() -> (MmioTransport, Arc<Counts>) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let counts = Arc::new(Counts::default());
+        let t = MmioTransport::new(
+            Box::new(Stub(counts.clone())),
+            mem,
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+        )
+        .unwrap();
+        (t, counts)
+    }
+
+    fn r(t: &mut MmioTransport, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn w(t: &mut MmioTransport, offset: u64, v: u32) {
+        t.write(offset, &v.to_le_bytes());
+    }
+
+    use status::*;
+
+    fn negotiate(t: &mut MmioTransport) {
+        w(t, reg::STATUS, ACKNOWLEDGE);
+        w(t, reg::STATUS, ACKNOWLEDGE | DRIVER);
+        w(t, reg::DRIVER_FEATURES_SEL, 1);
+        w(t, reg::DRIVER_FEATURES, 1); // VERSION_1
+        w(t, reg::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+    }
+
+    fn setup_queue(t: &mut MmioTransport, size: u32, desc: u32) {
+        w(t, reg::QUEUE_SEL, 0);
+        w(t, reg::QUEUE_NUM, size);
+        w(t, reg::QUEUE_DESC_LOW, desc);
+        w(t, reg::QUEUE_DRIVER_LOW, 0x2000);
+        w(t, reg::QUEUE_DEVICE_LOW, 0x3000);
+        w(t, reg::QUEUE_READY, 1);
+    }
+
+    const ALL_OK: u32 = ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK;
+
+    #[test]
+    fn identity_registers() {
+        let (mut t, _) = transport();
+        assert_eq!(r(&mut t, reg::MAGIC), MAGIC);
+        assert_eq!(r(&mut t, reg::VERSION), 2);
+        assert_eq!(r(&mut t, reg::DEVICE_ID), 2);
+        w(&mut t, reg::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(r(&mut t, reg::DEVICE_FEATURES), 1, "VERSION_1 offered");
+        let mut b = [0u8; 1];
+        t.read(reg::CONFIG + 3, &mut b);
+        assert_eq!(b, [0x43]);
+        let mut two = [0xaa; 2];
+        t.read(reg::MAGIC, &mut two);
+        assert_eq!(two, [0xaa; 2], "wrong width is ignored");
+    }
+
+    #[test]
+    fn a_correct_driver_brings_the_device_up() {
+        let (mut t, counts) = transport();
+        negotiate(&mut t);
+        assert_eq!(r(&mut t, reg::STATUS), ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        setup_queue(&mut t, 16, 0x1000);
+        w(&mut t, reg::STATUS, ALL_OK);
+        assert_eq!(t.status(), DeviceStatus::Running);
+        assert_eq!(counts.activated.load(Ordering::SeqCst), 1);
+        t.process_queue(0);
+        assert_eq!(counts.processed.load(Ordering::SeqCst), 1);
+        // Queue registers after DRIVER_OK are ignored.
+        w(&mut t, reg::QUEUE_NUM, 4);
+        w(&mut t, reg::STATUS, 0);
+        assert_eq!(t.status(), DeviceStatus::Reset);
+        assert_eq!(counts.reset.load(Ordering::SeqCst), 1);
+        t.process_queue(0);
+        assert_eq!(
+            counts.processed.load(Ordering::SeqCst),
+            1,
+            "no work after reset"
+        );
+    }
+
+    #[test]
+    fn features_without_version_1_or_unoffered_are_refused() {
+        let (mut t, _) = transport();
+        w(&mut t, reg::STATUS, ACKNOWLEDGE);
+        w(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER);
+        w(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_eq!(r(&mut t, reg::STATUS) & FEATURES_OK, 0);
+        w(&mut t, reg::DRIVER_FEATURES_SEL, 1);
+        w(&mut t, reg::DRIVER_FEATURES, 1 | 2); // bit 33: not offered
+        w(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_eq!(r(&mut t, reg::STATUS) & FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn queue_setup_before_features_ok_is_ignored() {
+        let (mut t, counts) = transport();
+        w(&mut t, reg::STATUS, ACKNOWLEDGE);
+        setup_queue(&mut t, 16, 0x1000);
+        assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
+        w(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER);
+        w(&mut t, reg::DRIVER_FEATURES_SEL, 1);
+        w(&mut t, reg::DRIVER_FEATURES, 1);
+        w(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        w(&mut t, reg::STATUS, ALL_OK);
+        assert_eq!(counts.activated.load(Ordering::SeqCst), 0, "no ready queue");
+        assert_eq!(
+            r(&mut t, reg::STATUS) & DEVICE_NEEDS_RESET,
+            DEVICE_NEEDS_RESET
+        );
+    }
+
+    #[test]
+    fn bad_queues_refuse_driver_ok() {
+        for (size, desc) in [
+            (0, 0x1000),
+            (12, 0x1000),
+            (32, 0x1000),
+            (16, 0x1001),
+            (16, 0x10_0000),
+        ] {
+            let (mut t, counts) = transport();
+            negotiate(&mut t);
+            setup_queue(&mut t, size, desc);
+            w(&mut t, reg::STATUS, ALL_OK);
+            assert_eq!(
+                counts.activated.load(Ordering::SeqCst),
+                0,
+                "size {size} desc {desc:#x}"
+            );
+            assert_ne!(t.status(), DeviceStatus::Running);
+        }
+    }
+
+    #[test]
+    fn out_of_range_queue_sel_and_notify_are_ignored() {
+        let (mut t, _) = transport();
+        negotiate(&mut t);
+        w(&mut t, reg::QUEUE_SEL, 7);
+        assert_eq!(r(&mut t, reg::QUEUE_NUM_MAX), 0);
+        w(&mut t, reg::QUEUE_NUM, 16);
+        w(&mut t, reg::QUEUE_NOTIFY, 9);
+        w(&mut t, reg::QUEUE_SEL, 0);
+        assert_eq!(r(&mut t, reg::QUEUE_NUM_MAX), 16);
+        w(&mut t, reg::MAGIC, 0); // read-only
+        assert_eq!(r(&mut t, reg::MAGIC), MAGIC);
+    }
+
+    #[test]
+    fn failed_status_sticks_until_reset() {
+        let (mut t, _) = transport();
+        w(&mut t, reg::STATUS, ACKNOWLEDGE);
+        w(&mut t, reg::STATUS, FAILED);
+        assert_eq!(r(&mut t, reg::STATUS), FAILED);
+        w(&mut t, reg::STATUS, ACKNOWLEDGE | DRIVER);
+        assert_eq!(r(&mut t, reg::STATUS), FAILED);
+        w(&mut t, reg::STATUS, 0);
+        assert_eq!(r(&mut t, reg::STATUS), 0);
+    }
+}
