@@ -9,6 +9,7 @@ packages=(
     linux-source-6.1     # the guest kit kernel's source
     busybox-static       # the guest kit's user space
     python3              # initramfs builder
+    e2fsprogs            # ext4 images for the disk tests (mkfs.ext4, debugfs)
 )
 if [ "${1:-}" = "--bench" ]; then
     packages+=(qemu-system-x86 hyperfine)   # the peer VMM and a timer, for benchmarks

@@ -28,6 +28,7 @@ use crate::memory;
 use crate::platform::{self, Host};
 use crate::terminal::{self, RawMode};
 use crate::vcpu::{self, Buses};
+use crate::virtio_devices;
 use crate::vm::{Vm, VmParts};
 use crate::x86_64::{acpi, boot_params, cpuid, msrs, regs};
 
@@ -37,6 +38,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
     // input gets its own error even on a host without /dev/kvm.
     config.validate()?;
     check_memory_fits_host(config)?;
+    let disks = virtio_devices::open_disks(&config.disks)?;
     let host = Host::detect();
     let mem = memory::create_guest_memory(config.memory)?;
     let kernel = load_boot_payload(&mem, config, host)?;
@@ -50,13 +52,28 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
 
     let exit = Arc::new(ExitSignal::default());
     let mut console = ConsoleParts::new(&config.console)?;
-    let (buses, platform_lines) = create_devices(&vm_fd, &mut console)?;
-    let vcpus = create_vcpus(&kvm, &vm_fd, config.cpus, host, kernel.entry, cr3)?;
-
+    let (mut buses, platform_lines) = create_devices(&vm_fd, &mut console)?;
     let mut manager = event_loop::new_manager().map_err(|e| Error::Host {
         what: "create the event loop",
         source: std::io::Error::other(e.to_string()),
     })?;
+    for (index, disk) in disks.into_iter().enumerate() {
+        let (base, irq) = virtio_devices::attach(
+            &vm_fd,
+            &mem,
+            &mut buses.mmio,
+            &mut manager,
+            index,
+            Box::new(disk),
+        )?;
+        log::info!(
+            "disk {} at {base:#x}, IRQ {irq}: /dev/vd{}",
+            config.disks[index].path.display(),
+            (b'a' + index as u8) as char
+        );
+    }
+    let vcpus = create_vcpus(&kvm, &vm_fd, config.cpus, host, kernel.entry, cr3)?;
+
     let (platform_events, stop_evt, wake) = platform_lines.into_subscriber(exit.clone())?;
     event_loop::add(&mut manager, platform_events);
     event_loop::add(&mut manager, console.input_subscriber(exit.clone())?);
@@ -161,7 +178,8 @@ fn load_boot_payload(
         .unwrap_or_default();
     log::info!("kernel command line: {cmdline_text}");
     loader::write_cmdline(mem, &cmdline)?;
-    let rsdp = acpi::write_tables(mem, config.cpus)?;
+    let virtio: Vec<(u64, u32)> = (0..config.disks.len()).map(virtio_slot).collect();
+    let rsdp = acpi::write_tables(mem, config.cpus, &virtio)?;
     let ram = memory::ram_ranges(config.memory);
     let params = boot_params::build(&boot_params::ZeroPage {
         setup_header: kernel.setup_header,

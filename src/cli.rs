@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// Guest memory with a K/M/G suffix, e.g. --memory 512M or --memory 4G.
     #[arg(long, value_name = "SIZE", default_value = "256M")]
     pub memory: String,
+    /// A disk image as the next /dev/vdX (repeatable), e.g. --disk rootfs.ext4
+    /// or --disk data.img,ro for read-only.
+    #[arg(long, value_name = "PATH[,ro]")]
+    pub disk: Vec<String>,
 }
 
 /// Where the guest kit's outputs are: $EMBER_GUEST_DIR, else target/guest
@@ -83,7 +87,13 @@ impl RunArgs {
         let memory = parse_size(&self.memory).map_err(|_| ConfigError::Size {
             text: self.memory.clone(),
         })?;
+        let disks = self
+            .disk
+            .iter()
+            .map(|d| crate::config::DiskConfig::parse(d))
+            .collect::<Result<Vec<_>, _>>()?;
         let config = VmConfig {
+            disks,
             kernel,
             initrd: self.initrd.clone().or(default_initrd),
             cmdline: self.cmdline.clone(),

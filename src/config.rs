@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::layout::{CMDLINE_MAX, MAX_CPUS, PAGE_SIZE};
+use crate::layout::{CMDLINE_MAX, MAX_CPUS, MAX_VIRTIO_DEVICES, PAGE_SIZE};
 
 /// Default guest memory: 256 MiB.
 pub const DEFAULT_MEMORY: u64 = 256 << 20;
@@ -24,6 +24,38 @@ pub enum ConsoleMode {
     Scripted { echo: bool },
 }
 
+/// A virtio-blk disk backed by a host file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    /// Opened O_RDONLY and advertised with VIRTIO_BLK_F_RO.
+    pub read_only: bool,
+}
+
+impl DiskConfig {
+    /// Parses `PATH[,ro]`.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let (path, read_only) = match text.rsplit_once(',') {
+            Some((p, "ro")) => (p, true),
+            Some((p, "rw")) => (p, false),
+            Some((_, opt)) => {
+                return Err(ConfigError::DiskOption {
+                    text: text.to_string(),
+                    option: opt.to_string(),
+                })
+            }
+            None => (text, false),
+        };
+        if path.is_empty() {
+            return Err(ConfigError::EmptyPath { flag: "--disk" });
+        }
+        Ok(Self {
+            path: path.into(),
+            read_only,
+        })
+    }
+}
+
 /// Everything needed to start a VM. Build one, call [`VmConfig::validate`]
 /// (or let [`crate::Vm::start`] do it), then start it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +69,8 @@ pub struct VmConfig {
     /// Guest RAM in bytes, a multiple of 4 KiB.
     pub memory: u64,
     pub console: ConsoleMode,
+    /// Disks in order: /dev/vda, /dev/vdb, ...
+    pub disks: Vec<DiskConfig>,
 }
 
 impl VmConfig {
@@ -49,6 +83,7 @@ impl VmConfig {
             cpus: 1,
             memory: DEFAULT_MEMORY,
             console: ConsoleMode::Terminal,
+            disks: Vec::new(),
         }
     }
 
@@ -71,6 +106,15 @@ impl VmConfig {
         }
         if self.memory % PAGE_SIZE != 0 {
             return Err(ConfigError::MemoryNotAligned { value: self.memory });
+        }
+        if self.disks.len() > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices {
+                count: self.disks.len(),
+                max: MAX_VIRTIO_DEVICES,
+            });
+        }
+        if self.disks.iter().any(|d| d.path.as_os_str().is_empty()) {
+            return Err(ConfigError::EmptyPath { flag: "--disk" });
         }
         validate_cmdline(&self.cmdline)
     }
@@ -136,6 +180,10 @@ pub enum ConfigError {
         "--cmdline: with Ember's own arguments ({extra:?}) the command line exceeds {max} bytes"
     )]
     CmdlineNoRoom { extra: String, max: usize },
+    #[error("--disk {text:?}: unknown option {option:?} (use PATH or PATH,ro)")]
+    DiskOption { text: String, option: String },
+    #[error("{count} virtio devices: at most {max} fit the IRQ lines")]
+    TooManyDevices { count: usize, max: usize },
 }
 
 #[cfg(test)]
@@ -166,6 +214,29 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn disk_specs_parse() {
+        assert_eq!(
+            DiskConfig::parse("a.img,ro"),
+            Ok(DiskConfig {
+                path: "a.img".into(),
+                read_only: true
+            })
+        );
+        assert_eq!(
+            DiskConfig::parse("dir,x/b.img"),
+            Err(ConfigError::DiskOption {
+                text: "dir,x/b.img".into(),
+                option: "x/b.img".into()
+            })
+        );
+        assert!(!DiskConfig::parse("b.img").unwrap().read_only);
+        assert_eq!(
+            DiskConfig::parse(",ro"),
+            Err(ConfigError::EmptyPath { flag: "--disk" })
+        );
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub enum Error {
         source: kvm_ioctls::Error,
     },
     #[error(transparent)]
+    Disk(#[from] crate::virtio_devices::DiskError),
+    #[error(transparent)]
+    Attach(#[from] crate::virtio_devices::AttachError),
+    #[error(transparent)]
     Memory(#[from] crate::memory::MemoryError),
     #[error(transparent)]
     Regs(#[from] crate::x86_64::regs::RegsError),
@@ -45,7 +49,7 @@ impl Error {
     /// True when the user's input was wrong (bad flag, bad file): the CLI
     /// exits 2 for these, 1 for host failures.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::Config(_) | Error::Load(_))
+        matches!(self, Error::Config(_) | Error::Load(_) | Error::Disk(_))
     }
 
     pub(crate) fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {

@@ -70,6 +70,16 @@ pub const COM1_IRQ: u32 = 4;
 pub const VIRTIO_IRQ_BASE: u32 = 5;
 /// Last usable IOAPIC pin (KVM's IOAPIC has 24).
 pub const IRQ_MAX: u32 = 23;
+/// Virtio devices that fit: one IRQ each from VIRTIO_IRQ_BASE to IRQ_MAX.
+pub const MAX_VIRTIO_DEVICES: usize = (IRQ_MAX - VIRTIO_IRQ_BASE + 1) as usize;
+
+/// MMIO window and IRQ of virtio device `index`.
+pub fn virtio_slot(index: usize) -> (u64, u32) {
+    (
+        VIRTIO_MMIO_BASE + index as u64 * VIRTIO_MMIO_SIZE,
+        VIRTIO_IRQ_BASE + index as u32,
+    )
+}
 
 /// Highest number of vCPUs the MADT can describe with 8-bit APIC IDs
 /// (255 is the broadcast ID).

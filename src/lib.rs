@@ -31,10 +31,11 @@ pub mod platform;
 mod signals;
 pub mod terminal;
 mod vcpu;
+mod virtio_devices;
 mod vm;
 mod x86_64;
 
-pub use config::{parse_size, ConfigError, ConsoleMode, VmConfig};
+pub use config::{parse_size, ConfigError, ConsoleMode, DiskConfig, VmConfig};
 pub use console::{Console, ConsoleError};
 pub use error::Error;
 pub use exit::{Crash, CrashKind, StopReason, VmExit};

@@ -234,3 +234,44 @@ fn bad_memory_cpus_and_cmdline_name_their_flag() {
         &["--cmdline", "not printable ASCII"],
     );
 }
+
+#[test]
+fn bad_disks_are_named_before_boot() {
+    let dir = scratch("bad_disks");
+    let kernel = file(
+        &dir,
+        "k.elf",
+        &elf(0x200000, &[(0x1000, 0x200000, 16, 16)], 64, 0x1010),
+    );
+    let k = kernel.to_str().unwrap();
+    expect_usage_error(
+        &["--kernel", k, "--disk", "/nonexistent/disk.img"],
+        &["--disk /nonexistent/disk.img", "cannot open"],
+    );
+    expect_usage_error(
+        &["--kernel", k, "--disk", dir.to_str().unwrap()],
+        &["--disk", "Is a directory"],
+    );
+    let ro_dir = format!("{},ro", dir.display());
+    expect_usage_error(
+        &["--kernel", k, "--disk", &ro_dir],
+        &["--disk", "not a regular file"],
+    );
+    let odd = file(&dir, "odd.img", &[0u8; 1000]);
+    expect_usage_error(
+        &["--kernel", k, "--disk", odd.to_str().unwrap()],
+        &["odd.img", "not a multiple of 512"],
+    );
+    let good = file(&dir, "good.img", &[0u8; 4096]);
+    let spec = format!("{},rx", good.display());
+    expect_usage_error(
+        &["--kernel", k, "--disk", &spec],
+        &["--disk", "unknown option \"rx\""],
+    );
+    let many: Vec<String> = (0..20)
+        .flat_map(|_| ["--disk".to_string(), good.display().to_string()])
+        .collect();
+    let mut args = vec!["--kernel", k];
+    args.extend(many.iter().map(String::as_str));
+    expect_usage_error(&args, &["20 virtio devices", "at most 19"]);
+}

@@ -16,7 +16,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 use crate::layout::{
     ACPI_END, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, ACPI_START, COM1_IRQ, COM1_PORT,
-    COM1_PORT_LEN, IOAPIC_ADDR, LAPIC_ADDR, PVPANIC_PORT,
+    COM1_PORT_LEN, IOAPIC_ADDR, LAPIC_ADDR, PVPANIC_PORT, VIRTIO_MMIO_SIZE,
 };
 
 const OEM_ID: [u8; 6] = *b"EMBER ";
@@ -45,7 +45,7 @@ fn bytes_of(table: &dyn Aml) -> Vec<u8> {
 /// The DSDT's AML: `\_S5` (the SLP_TYP the sleep control device expects),
 /// COM1 (hardware-reduced ACPI has no legacy PIC, so its IRQ reaches Linux
 /// only through this declaration) and the pvpanic device.
-fn dsdt_aml() -> Vec<u8> {
+fn dsdt_aml(virtio: &[(u64, u32)]) -> Vec<u8> {
     let s5 = aml::Name::new(
         "_S5_".into(),
         &aml::Package::new(vec![&S5_SLEEP_TYPE, &S5_SLEEP_TYPE, &0u8, &0u8]),
@@ -67,10 +67,28 @@ fn dsdt_aml() -> Vec<u8> {
     let panic_crs = aml::Name::new("_CRS".into(), &panic_res);
     let pvpanic = aml::Device::new("PEVT".into(), vec![&panic_hid, &panic_crs]);
 
-    let scope = aml::Scope::new("\\_SB_".into(), vec![&com1, &pvpanic]);
     let mut v = bytes_of(&s5);
+    let scope = aml::Scope::new("\\_SB_".into(), vec![&com1, &pvpanic]);
     v.extend(bytes_of(&scope));
+    for (i, &(base, irq)) in virtio.iter().enumerate() {
+        v.extend(virtio_mmio_device(i, base, irq));
+    }
     v
+}
+
+/// A virtio-mmio device as Linux's virtio_mmio driver matches it in ACPI
+/// ("LNRO0005"): its 4 KiB window and its interrupt.
+fn virtio_mmio_device(index: usize, base: u64, irq: u32) -> Vec<u8> {
+    let mem = aml::Memory32Fixed::new(true, base as u32, VIRTIO_MMIO_SIZE as u32);
+    let int = aml::Interrupt::new(true, true, false, false, irq);
+    let res = aml::ResourceTemplate::new(vec![&mem, &int]);
+    let hid = aml::Name::new("_HID".into(), &"LNRO0005");
+    let uid = aml::Name::new("_UID".into(), &(index as u8));
+    let crs = aml::Name::new("_CRS".into(), &res);
+    let name = format!("V{index:03X}");
+    let dev = aml::Device::new(name.as_str().into(), vec![&hid, &uid, &crs]);
+    let scope = aml::Scope::new("\\_SB_".into(), vec![&dev]);
+    bytes_of(&scope)
 }
 
 /// MADT flags offset and its PCAT_COMPAT bit: the VM has the dual 8259
@@ -99,7 +117,11 @@ fn io_register(port: u64) -> GAS {
 
 /// Lays the tables out from ACPI_START and writes them; returns the RSDP's
 /// address for boot_params.
-pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8) -> Result<GuestAddress, AcpiError> {
+pub fn write_tables(
+    mem: &GuestMemoryMmap,
+    cpus: u8,
+    virtio: &[(u64, u32)],
+) -> Result<GuestAddress, AcpiError> {
     let align = |a: u64| (a + 15) & !15;
     let rsdp_addr = ACPI_START;
     let xsdt_addr = align(rsdp_addr + Rsdp::len() as u64);
@@ -108,7 +130,7 @@ pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8) -> Result<GuestAddress, Acp
     let dsdt_addr = align(fadt_addr + acpi_tables::fadt::FADT::len() as u64);
 
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    dsdt.append_slice(&dsdt_aml());
+    dsdt.append_slice(&dsdt_aml(virtio));
     let madt_addr = align(dsdt_addr + dsdt.len() as u64);
 
     let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
@@ -177,7 +199,7 @@ mod tests {
     #[test]
     fn tables_chain_from_rsdp_with_valid_checksums() {
         let mem = create_guest_memory(16 << 20).unwrap();
-        let rsdp = write_tables(&mem, 3).unwrap();
+        let rsdp = write_tables(&mem, 3, &[(0xd000_0000, 5)]).unwrap();
         let mut r = [0u8; 36];
         mem.read_slice(&mut r, rsdp).unwrap();
         assert_eq!(&r[..8], b"RSD PTR ");
@@ -205,5 +227,6 @@ mod tests {
         assert!(aml.windows(4).any(|w| w == b"_S5_"));
         assert!(aml.windows(8).any(|w| w == b"QEMU0001"));
         assert!(aml.windows(4).any(|w| w == b"COM1"));
+        assert!(aml.windows(8).any(|w| w == b"LNRO0005"));
     }
 }

@@ -2,6 +2,8 @@
 //! system assembler, running the `ember` binary.
 #![allow(dead_code)]
 
+pub mod kit;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

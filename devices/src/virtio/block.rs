@@ -270,7 +270,7 @@ impl VirtioDevice for Block {
         if *broken {
             return;
         }
-        let _ = notify.read();
+        let _ = notify;
         let (mem, interrupt) = (mem.clone(), interrupt.clone());
         let mut done = 0u16;
         let budget = queue.size();

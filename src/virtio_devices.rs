@@ -1,0 +1,150 @@
+//! Puts virtio devices on the VM: opens their backing files (every problem
+//! named before boot), places each transport in its MMIO window with its
+//! IRQ (irqfd) and queue notifications (ioeventfds), and serves the queues
+//! on the event loop.
+
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use ember_devices::bus::Bus;
+use ember_devices::virtio::block::{Block, BlockError};
+use ember_devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use ember_devices::virtio::VirtioDevice;
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::config::DiskConfig;
+use crate::event_loop::{self, Manager};
+use crate::layout::{virtio_slot, VIRTIO_MMIO_SIZE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("--disk {path}: cannot open: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--disk {path}: not a regular file")]
+    NotAFile { path: PathBuf },
+    #[error("--disk {path}: {source}")]
+    Block {
+        path: PathBuf,
+        #[source]
+        source: BlockError,
+    },
+}
+
+/// Opens every disk, read-only ones with O_RDONLY.
+pub fn open_disks(disks: &[DiskConfig]) -> Result<Vec<Block>, DiskError> {
+    disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let open = |source| DiskError::Open {
+                path: d.path.clone(),
+                source,
+            };
+            let file: File = OpenOptions::new()
+                .read(true)
+                .write(!d.read_only)
+                .open(&d.path)
+                .map_err(open)?;
+            if !file.metadata().map_err(open)?.is_file() {
+                return Err(DiskError::NotAFile {
+                    path: d.path.clone(),
+                });
+            }
+            Block::new(
+                file,
+                d.read_only,
+                &format!("ember-vd{}", (b'a' + i as u8) as char),
+            )
+            .map_err(|source| DiskError::Block {
+                path: d.path.clone(),
+                source,
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("virtio device {index}: {what}: {source}")]
+    Kvm {
+        index: usize,
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("virtio device {index}: {msg}")]
+    Setup { index: usize, msg: String },
+}
+
+/// Serves one transport's queue notifications on the event loop.
+struct QueueEvents {
+    transport: Arc<Mutex<MmioTransport>>,
+    events: Vec<EventFd>,
+}
+
+impl MutEventSubscriber for QueueEvents {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (i, e) in self.events.iter().enumerate() {
+            if let Err(err) = ops.add(Events::with_data(e, i as u32, EventSet::IN)) {
+                log::error!("virtio: cannot watch queue {i}: {err}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let index = events.data() as usize;
+        if let Some(e) = self.events.get(index) {
+            let _ = e.read();
+            crate::lock(&self.transport).process_queue(index);
+        }
+    }
+}
+
+/// Attaches `device` as virtio device `index`; returns its MMIO base and IRQ.
+pub fn attach(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    manager: &mut Manager,
+    index: usize,
+    device: Box<dyn VirtioDevice>,
+) -> Result<(u64, u32), AttachError> {
+    let (base, irq) = virtio_slot(index);
+    let setup = |msg: String| AttachError::Setup { index, msg };
+    let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| setup(e.to_string()))?;
+    vm.register_irqfd(&irq_evt, irq)
+        .map_err(|source| AttachError::Kvm {
+            index,
+            what: "register the irqfd",
+            source,
+        })?;
+    let transport =
+        MmioTransport::new(device, mem.clone(), irq_evt).map_err(|e| setup(e.to_string()))?;
+    let mut events = Vec::new();
+    for (q, e) in transport.queue_events().iter().enumerate() {
+        vm.register_ioevent(
+            e,
+            &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+            q as u32,
+        )
+        .map_err(|source| AttachError::Kvm {
+            index,
+            what: "register a queue ioeventfd",
+            source,
+        })?;
+        events.push(e.try_clone().map_err(|e| setup(e.to_string()))?);
+    }
+    let transport = Arc::new(Mutex::new(transport));
+    mmio.insert(base, VIRTIO_MMIO_SIZE, transport.clone())
+        .map_err(|e| setup(e.to_string()))?;
+    event_loop::add(manager, QueueEvents { transport, events });
+    Ok((base, irq))
+}
