@@ -10,6 +10,7 @@ packages=(
     busybox-static       # the guest kit's user space
     python3              # initramfs builder
     e2fsprogs            # ext4 images for the disk tests (mkfs.ext4, debugfs)
+    iproute2             # network namespace and TAP for the net test
 )
 if [ "${1:-}" = "--bench" ]; then
     packages+=(qemu-system-x86 hyperfine)   # the peer VMM and a timer, for benchmarks

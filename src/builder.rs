@@ -10,6 +10,7 @@ use ember_devices::i8042::I8042;
 use ember_devices::pvpanic::PvPanic;
 use ember_devices::serial::SerialDevice;
 use ember_devices::sleep::SleepControl;
+use ember_devices::virtio::VirtioDevice;
 use ember_devices::SignalLine;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
@@ -39,6 +40,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
     config.validate()?;
     check_memory_fits_host(config)?;
     let disks = virtio_devices::open_disks(&config.disks)?;
+    let nets = virtio_devices::open_nets(&config.nets)?;
     let host = Host::detect();
     let mem = memory::create_guest_memory(config.memory)?;
     let kernel = load_boot_payload(&mem, config, host)?;
@@ -57,20 +59,17 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
         what: "create the event loop",
         source: std::io::Error::other(e.to_string()),
     })?;
-    for (index, disk) in disks.into_iter().enumerate() {
-        let (base, irq) = virtio_devices::attach(
-            &vm_fd,
-            &mem,
-            &mut buses.mmio,
-            &mut manager,
-            index,
-            Box::new(disk),
-        )?;
-        log::info!(
-            "disk {} at {base:#x}, IRQ {irq}: /dev/vd{}",
-            config.disks[index].path.display(),
-            (b'a' + index as u8) as char
+    let devices = disks
+        .into_iter()
+        .map(|d| Box::new(d) as Box<dyn VirtioDevice>)
+        .chain(
+            nets.into_iter()
+                .map(|n| Box::new(n) as Box<dyn VirtioDevice>),
         );
+    for (index, device) in devices.enumerate() {
+        let (base, irq) =
+            virtio_devices::attach(&vm_fd, &mem, &mut buses.mmio, &mut manager, index, device)?;
+        log::info!("virtio device {index} at {base:#x}, IRQ {irq}");
     }
     let vcpus = create_vcpus(&kvm, &vm_fd, config.cpus, host, kernel.entry, cr3)?;
 
@@ -178,7 +177,9 @@ fn load_boot_payload(
         .unwrap_or_default();
     log::info!("kernel command line: {cmdline_text}");
     loader::write_cmdline(mem, &cmdline)?;
-    let virtio: Vec<(u64, u32)> = (0..config.disks.len()).map(virtio_slot).collect();
+    let virtio: Vec<(u64, u32)> = (0..config.disks.len() + config.nets.len())
+        .map(virtio_slot)
+        .collect();
     let rsdp = acpi::write_tables(mem, config.cpus, &virtio)?;
     let ram = memory::ram_ranges(config.memory);
     let params = boot_params::build(&boot_params::ZeroPage {

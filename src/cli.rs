@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// or --disk data.img,ro for read-only.
     #[arg(long, value_name = "PATH[,ro]")]
     pub disk: Vec<String>,
+    /// A network interface as the next ethX (repeatable) over a host TAP,
+    /// created if missing, e.g. --net tap=tap0,mac=52:54:00:12:34:56.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    pub net: Vec<String>,
 }
 
 /// Where the guest kit's outputs are: $EMBER_GUEST_DIR, else target/guest
@@ -92,8 +96,14 @@ impl RunArgs {
             .iter()
             .map(|d| crate::config::DiskConfig::parse(d))
             .collect::<Result<Vec<_>, _>>()?;
+        let nets = self
+            .net
+            .iter()
+            .map(|n| crate::config::NetConfig::parse(n))
+            .collect::<Result<Vec<_>, _>>()?;
         let config = VmConfig {
             disks,
+            nets,
             kernel,
             initrd: self.initrd.clone().or(default_initrd),
             cmdline: self.cmdline.clone(),

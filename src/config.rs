@@ -56,6 +56,58 @@ impl DiskConfig {
     }
 }
 
+/// A virtio-net interface over a host TAP device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The TAP interface; Ember creates it if it does not exist.
+    pub tap: String,
+    /// The guest's MAC; a random locally administered one when None.
+    pub mac: Option<[u8; 6]>,
+}
+
+impl NetConfig {
+    /// Parses `tap=NAME[,mac=MAC]`.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let bad = |why: &str| ConfigError::Net {
+            text: text.to_string(),
+            why: why.to_string(),
+        };
+        let (mut tap, mut mac) = (None, None);
+        for part in text.split(',') {
+            match part.split_once('=') {
+                Some(("tap", name)) if !name.is_empty() && name.len() < 16 => {
+                    tap = Some(name.to_string())
+                }
+                Some(("tap", _)) => return Err(bad("the TAP name must be 1 to 15 bytes")),
+                Some(("mac", m)) => {
+                    mac = Some(
+                        parse_mac(m)
+                            .ok_or_else(|| bad("the MAC must look like 52:54:00:12:34:56"))?,
+                    )
+                }
+                _ => return Err(bad("expected tap=NAME[,mac=MAC]")),
+            }
+        }
+        Ok(Self {
+            tap: tap.ok_or_else(|| bad("tap=NAME is required"))?,
+            mac,
+        })
+    }
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 /// Everything needed to start a VM. Build one, call [`VmConfig::validate`]
 /// (or let [`crate::Vm::start`] do it), then start it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +123,8 @@ pub struct VmConfig {
     pub console: ConsoleMode,
     /// Disks in order: /dev/vda, /dev/vdb, ...
     pub disks: Vec<DiskConfig>,
+    /// Network interfaces in order: eth0, eth1, ...
+    pub nets: Vec<NetConfig>,
 }
 
 impl VmConfig {
@@ -84,6 +138,7 @@ impl VmConfig {
             memory: DEFAULT_MEMORY,
             console: ConsoleMode::Terminal,
             disks: Vec::new(),
+            nets: Vec::new(),
         }
     }
 
@@ -107,9 +162,10 @@ impl VmConfig {
         if self.memory % PAGE_SIZE != 0 {
             return Err(ConfigError::MemoryNotAligned { value: self.memory });
         }
-        if self.disks.len() > MAX_VIRTIO_DEVICES {
+        let devices = self.disks.len() + self.nets.len();
+        if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices {
-                count: self.disks.len(),
+                count: devices,
                 max: MAX_VIRTIO_DEVICES,
             });
         }
@@ -184,6 +240,8 @@ pub enum ConfigError {
     DiskOption { text: String, option: String },
     #[error("{count} virtio devices: at most {max} fit the IRQ lines")]
     TooManyDevices { count: usize, max: usize },
+    #[error("--net {text:?}: {why}")]
+    Net { text: String, why: String },
 }
 
 #[cfg(test)]
@@ -237,6 +295,32 @@ mod tests {
             DiskConfig::parse(",ro"),
             Err(ConfigError::EmptyPath { flag: "--disk" })
         );
+    }
+
+    #[test]
+    fn net_specs_parse() {
+        assert_eq!(
+            NetConfig::parse("tap=tap0,mac=52:54:00:12:34:56"),
+            Ok(NetConfig {
+                tap: "tap0".into(),
+                mac: Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+            })
+        );
+        assert_eq!(NetConfig::parse("tap=t1").unwrap().mac, None);
+        for bad in [
+            "",
+            "tap=",
+            "mac=52:54:00:12:34:56",
+            "tap=x,mac=52:54",
+            "tap=x,mac=zz:54:00:12:34:56",
+            "tap=x,y=1",
+            "tap=sixteen-bytes-xx",
+        ] {
+            assert!(
+                matches!(NetConfig::parse(bad), Err(ConfigError::Net { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub enum Error {
     #[error(transparent)]
     Disk(#[from] crate::virtio_devices::DiskError),
     #[error(transparent)]
+    Net(#[from] crate::virtio_devices::NetError),
+    #[error(transparent)]
     Attach(#[from] crate::virtio_devices::AttachError),
     #[error(transparent)]
     Memory(#[from] crate::memory::MemoryError),
@@ -49,7 +51,10 @@ impl Error {
     /// True when the user's input was wrong (bad flag, bad file): the CLI
     /// exits 2 for these, 1 for host failures.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::Config(_) | Error::Load(_) | Error::Disk(_))
+        matches!(
+            self,
+            Error::Config(_) | Error::Load(_) | Error::Disk(_) | Error::Net(_)
+        )
     }
 
     pub(crate) fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {

@@ -35,7 +35,7 @@ mod virtio_devices;
 mod vm;
 mod x86_64;
 
-pub use config::{parse_size, ConfigError, ConsoleMode, DiskConfig, VmConfig};
+pub use config::{parse_size, ConfigError, ConsoleMode, DiskConfig, NetConfig, VmConfig};
 pub use console::{Console, ConsoleError};
 pub use error::Error;
 pub use exit::{Crash, CrashKind, StopReason, VmExit};

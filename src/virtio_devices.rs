@@ -4,19 +4,22 @@
 //! on the event loop.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use ember_devices::bus::Bus;
 use ember_devices::virtio::block::{Block, BlockError};
 use ember_devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use ember_devices::virtio::net::Net;
+use ember_devices::virtio::tap::{Tap, TapError};
 use ember_devices::virtio::VirtioDevice;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::config::DiskConfig;
+use crate::config::{DiskConfig, NetConfig};
 use crate::event_loop::{self, Manager};
 use crate::layout::{virtio_slot, VIRTIO_MMIO_SIZE};
 
@@ -72,6 +75,49 @@ pub fn open_disks(disks: &[DiskConfig]) -> Result<Vec<Block>, DiskError> {
 }
 
 #[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("--net tap={tap}: {source}")]
+    Tap {
+        tap: String,
+        #[source]
+        source: TapError,
+    },
+}
+
+/// Opens every TAP (errors name the interface) and picks the MACs.
+pub fn open_nets(nets: &[NetConfig]) -> Result<Vec<Net>, NetError> {
+    nets.iter()
+        .map(|n| {
+            let tap = Tap::open(&n.tap).map_err(|source| NetError::Tap {
+                tap: n.tap.clone(),
+                source,
+            })?;
+            let mac = n.mac.unwrap_or_else(random_mac);
+            let m: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+            log::info!("net: TAP {} with MAC {}", tap.name(), m.join(":"));
+            Ok(Net::new(mac, Box::new(tap)))
+        })
+        .collect()
+}
+
+/// A random locally administered unicast MAC (bit 1 set, bit 0 clear).
+fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    let filled =
+        File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut mac));
+    if filled.is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+            ^ u128::from(std::process::id());
+        mac.copy_from_slice(&t.to_le_bytes()[..6]);
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum AttachError {
     #[error("virtio device {index}: {what}: {source}")]
     Kvm {
@@ -84,10 +130,32 @@ pub enum AttachError {
     Setup { index: usize, msg: String },
 }
 
-/// Serves one transport's queue notifications on the event loop.
+/// Event data that marks the device's backend descriptor (a TAP).
+const BACKEND: u32 = u32::MAX;
+
+/// Serves one transport's queue notifications, and its backend descriptor
+/// while the device wants it, on the event loop.
 struct QueueEvents {
     transport: Arc<Mutex<MmioTransport>>,
     events: Vec<EventFd>,
+    backend: Option<RawFd>,
+    watching_backend: bool,
+}
+
+impl QueueEvents {
+    fn update_backend_watch(&mut self, ops: &mut EventOps) {
+        let Some(fd) = self.backend else { return };
+        let want = crate::lock(&self.transport).backend_wanted();
+        if want == self.watching_backend {
+            return;
+        }
+        let ev = Events::with_data_raw(fd, BACKEND, EventSet::IN);
+        let r = if want { ops.add(ev) } else { ops.remove(ev) };
+        match r {
+            Ok(()) => self.watching_backend = want,
+            Err(e) => log::error!("virtio: cannot change the backend watch: {e}"),
+        }
+    }
 }
 
 impl MutEventSubscriber for QueueEvents {
@@ -99,12 +167,15 @@ impl MutEventSubscriber for QueueEvents {
         }
     }
 
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let index = events.data() as usize;
-        if let Some(e) = self.events.get(index) {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let index = events.data();
+        if index == BACKEND {
+            crate::lock(&self.transport).process_backend();
+        } else if let Some(e) = self.events.get(index as usize) {
             let _ = e.read();
-            crate::lock(&self.transport).process_queue(index);
+            crate::lock(&self.transport).process_queue(index as usize);
         }
+        self.update_backend_watch(ops);
     }
 }
 
@@ -142,9 +213,32 @@ pub fn attach(
         })?;
         events.push(e.try_clone().map_err(|e| setup(e.to_string()))?);
     }
+    let backend = transport.backend_fd();
     let transport = Arc::new(Mutex::new(transport));
     mmio.insert(base, VIRTIO_MMIO_SIZE, transport.clone())
         .map_err(|e| setup(e.to_string()))?;
-    event_loop::add(manager, QueueEvents { transport, events });
+    event_loop::add(
+        manager,
+        QueueEvents {
+            transport,
+            events,
+            backend,
+            watching_backend: false,
+        },
+    );
     Ok((base, irq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_macs_are_locally_administered_unicast() {
+        for _ in 0..16 {
+            let m = random_mac();
+            assert_eq!(m[0] & 0b11, 0b10, "{m:?}");
+        }
+        assert_ne!(random_mac(), random_mac());
+    }
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ember::{Console, ConsoleMode, DiskConfig, Vm, VmConfig};
+use ember::{Console, ConsoleMode, DiskConfig, NetConfig, Vm, VmConfig};
 
 /// Generous: a boot takes ~1 minute on an emulating host, ~1 s on hardware,
 /// and the two boots of this file run side by side on 2 cores.
@@ -28,12 +28,27 @@ pub fn boot(cpus: u8, memory: u64, cmdline: &str) -> Option<(Vm, Console)> {
     boot_with(cpus, memory, cmdline, Vec::new())
 }
 
+/// Boots the kit (1 vCPU, 256M) with network interfaces.
+pub fn boot_net(nets: Vec<NetConfig>) -> Option<(Vm, Console)> {
+    boot_config(1, 256 << 20, "console=ttyS0", Vec::new(), nets)
+}
+
 /// Boots the kit with `disks` attached.
 pub fn boot_with(
     cpus: u8,
     memory: u64,
     cmdline: &str,
     disks: Vec<DiskConfig>,
+) -> Option<(Vm, Console)> {
+    boot_config(cpus, memory, cmdline, disks, Vec::new())
+}
+
+fn boot_config(
+    cpus: u8,
+    memory: u64,
+    cmdline: &str,
+    disks: Vec<DiskConfig>,
+    nets: Vec<NetConfig>,
 ) -> Option<(Vm, Console)> {
     let (kernel, initrd) = kit()?;
     let mut config = VmConfig::new(kernel);
@@ -42,6 +57,7 @@ pub fn boot_with(
     config.memory = memory;
     config.cmdline = cmdline.to_string();
     config.disks = disks;
+    config.nets = nets;
     config.console = ConsoleMode::Scripted {
         echo: std::env::var_os("EMBER_TEST_ECHO").is_some(),
     };

@@ -174,6 +174,21 @@ impl MmioTransport {
         self.device.device_type()
     }
 
+    /// The device's host descriptor to watch, while it wants it watched.
+    pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.device.backend_fd()
+    }
+
+    pub fn backend_wanted(&self) -> bool {
+        self.status == DeviceStatus::Running && self.device.backend_wanted()
+    }
+
+    pub fn process_backend(&mut self) {
+        if self.status == DeviceStatus::Running {
+            self.device.process_backend();
+        }
+    }
+
     /// Queue `index` was notified (from the event loop).
     pub fn process_queue(&mut self, index: usize) {
         if self.status == DeviceStatus::Running {

@@ -2,6 +2,8 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
+pub mod tap;
 
 use std::sync::Arc;
 
@@ -28,6 +30,17 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// Queue `index` was notified: do a bounded amount of its work.
     fn process_queue(&mut self, index: usize);
+    /// A host descriptor the device reads from (a TAP), if any.
+    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// Whether the event loop should watch `backend_fd` right now (false
+    /// while the guest has posted no buffers to fill).
+    fn backend_wanted(&self) -> bool {
+        false
+    }
+    /// `backend_fd` is readable.
+    fn process_backend(&mut self) {}
 }
 
 /// What a device gets when the driver starts it.
