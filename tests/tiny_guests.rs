@@ -318,3 +318,27 @@ fn library_reports_a_triple_fault_as_a_crash() {
         other => panic!("expected a crash, got {other}"),
     }
 }
+
+#[test]
+fn a_busy_tap_is_a_startup_error_naming_the_interface() {
+    if !kvm_available("a_busy_tap_is_a_startup_error_naming_the_interface") {
+        return;
+    }
+    let ns = common::netns::Netns::new("busy");
+    ns.enter();
+    let elf = guest("busy_tap", "idle.S");
+    let mut config = VmConfig::new(elf);
+    config.console = ConsoleMode::Scripted { echo: false };
+    config.nets = vec![ember::NetConfig {
+        tap: common::netns::TAP.into(),
+        mac: None,
+    }];
+    let first = Vm::start(&config).unwrap();
+    let err = Vm::start(&config).err().expect("the TAP is taken");
+    assert!(err.is_usage(), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("tap=embtap0") && msg.contains("busy"), "{msg}");
+    drop(first);
+    // Released with the first VM: attachable again.
+    drop(Vm::start(&config).unwrap());
+}
