@@ -22,7 +22,7 @@ run: guest build
 	$(EMBER) run --cpus 2
 
 test: guest
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace
 
 bench: guest build
 	resources/install-deps.sh --bench

@@ -535,6 +535,18 @@ mod tests {
     }
 
     #[test]
+    fn next_or_head_beyond_the_queue_is_rejected() {
+        let r = rig("next");
+        let before = disk(&r);
+        header(&r.mem, VIRTIO_BLK_T_OUT, 0);
+        // `next` = 300 in a 16-entry queue: the chain stops at the header,
+        // which alone is malformed.
+        let (used, status) = run(&r, false, &[desc(HDR, 16, N, 300)]);
+        assert_eq!((used, status), (vec![0], 0xff));
+        assert_eq!(disk(&r), before);
+    }
+
+    #[test]
     fn a_looping_chain_terminates() {
         let r = rig("loop");
         header(&r.mem, VIRTIO_BLK_T_IN, 0);
