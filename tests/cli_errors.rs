@@ -60,6 +60,15 @@ fn file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
     p
 }
 
+/// A valid one-segment ELF kernel (it never runs: the flags are bad).
+fn small_kernel(dir: &Path) -> PathBuf {
+    file(
+        dir,
+        "k.elf",
+        &elf(0x200000, &[(0x1000, 0x200000, 16, 16)], 64, 0x1010),
+    )
+}
+
 /// Runs ember and checks exit code 2 and that stderr has every `needles`.
 fn expect_usage_error(args: &[&str], needles: &[&str]) {
     let out = run_ember(args, LIMIT);
@@ -141,11 +150,7 @@ fn bad_kernels_are_named_with_what_is_wrong() {
 #[test]
 fn initrds_that_do_not_fit_are_refused_before_boot() {
     let dir = scratch("bad_initrds");
-    let kernel = file(
-        &dir,
-        "k.elf",
-        &elf(0x200000, &[(0x1000, 0x200000, 16, 16)], 64, 0x1010),
-    );
+    let kernel = small_kernel(&dir);
     let k = kernel.to_str().unwrap();
     let big = file(&dir, "big.initrd", &vec![0u8; 20 << 20]);
     expect_usage_error(
@@ -191,11 +196,7 @@ fn initrds_that_do_not_fit_are_refused_before_boot() {
 #[test]
 fn bad_memory_cpus_and_cmdline_name_their_flag() {
     let dir = scratch("bad_flags");
-    let kernel = file(
-        &dir,
-        "k.elf",
-        &elf(0x200000, &[(0x1000, 0x200000, 16, 16)], 64, 0x1010),
-    );
+    let kernel = small_kernel(&dir);
     let k = kernel.to_str().unwrap();
     expect_usage_error(
         &["--kernel", k, "--memory", "0"],
@@ -238,11 +239,7 @@ fn bad_memory_cpus_and_cmdline_name_their_flag() {
 #[test]
 fn bad_disks_are_named_before_boot() {
     let dir = scratch("bad_disks");
-    let kernel = file(
-        &dir,
-        "k.elf",
-        &elf(0x200000, &[(0x1000, 0x200000, 16, 16)], 64, 0x1010),
-    );
+    let kernel = small_kernel(&dir);
     let k = kernel.to_str().unwrap();
     expect_usage_error(
         &["--kernel", k, "--disk", "/nonexistent/disk.img"],

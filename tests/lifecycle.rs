@@ -12,18 +12,7 @@ use ember::{ConsoleMode, Vm, VmConfig};
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn guest(test: &str, file: &str) -> std::path::PathBuf {
-    let dir = scratch(test);
-    let body = std::fs::read_to_string(format!(
-        "{}/tests/guests/{file}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    let prelude = include_str!("guests/prelude.S");
-    build_elf_guest(
-        &dir,
-        file.trim_end_matches(".S"),
-        &format!("{prelude}\n{body}"),
-    )
+    tiny_guest(test, file)
 }
 
 fn count_entries(dir: &str) -> usize {

@@ -15,17 +15,7 @@ const PRELUDE: &str = include_str!("guests/prelude.S");
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn guest(test: &str, file: &str) -> std::path::PathBuf {
-    let dir = scratch(test);
-    let body = std::fs::read_to_string(format!(
-        "{}/tests/guests/{file}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    build_elf_guest(
-        &dir,
-        file.trim_end_matches(".S"),
-        &format!("{PRELUDE}\n{body}"),
-    )
+    tiny_guest(test, file)
 }
 
 #[test]

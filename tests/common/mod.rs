@@ -87,6 +87,19 @@ fn link_guest(dir: &Path, name: &str, asm: &str, layout: &[&str]) -> PathBuf {
     elf
 }
 
+/// Builds tests/guests/FILE (with the prelude) in a scratch dir for `test`.
+pub fn tiny_guest(test: &str, file: &str) -> PathBuf {
+    let dir = scratch(test);
+    let root = env!("CARGO_MANIFEST_DIR");
+    let prelude = std::fs::read_to_string(format!("{root}/tests/guests/prelude.S")).unwrap();
+    let body = std::fs::read_to_string(format!("{root}/tests/guests/{file}")).unwrap();
+    build_elf_guest(
+        &dir,
+        file.trim_end_matches(".S"),
+        &format!("{prelude}\n{body}"),
+    )
+}
+
 /// Builds a minimal 64-bit bzImage around `asm`: a 1024-byte setup part
 /// (boot sector + one setup sector with the header) and the code, linked
 /// at 1 MiB with the 64-bit entry at offset 0x200.

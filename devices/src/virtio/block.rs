@@ -8,7 +8,7 @@ use std::io::{Seek, SeekFrom};
 use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -279,8 +279,8 @@ impl VirtioDevice for Block {
             let State::Active { queue, broken, .. } = &mut self.state else {
                 return;
             };
-            let next = match queue.iter(&mem) {
-                Ok(mut it) => it.next().map(|c| (c.head_index(), c.collect::<Vec<_>>())),
+            let next = match super::pop_chain(queue, &mem) {
+                Ok(next) => next,
                 Err(e) => {
                     log::warn!("virtio-blk: queue broken by the driver ({e}); waiting for a reset");
                     *broken = true;

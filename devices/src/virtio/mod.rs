@@ -13,6 +13,21 @@ use vmm_sys_util::eventfd::EventFd;
 /// VIRTIO_F_VERSION_1: the modern interface; every Ember device offers it.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
+/// Takes the next available chain: its head and its descriptors (at most
+/// queue-size of them: virtio-queue stops loops and out-of-range `next`).
+/// An error means the driver broke the queue (e.g. avail.idx too far
+/// ahead): the device must stop using it until a reset.
+pub fn pop_chain(
+    queue: &mut virtio_queue::Queue,
+    mem: &GuestMemoryMmap,
+) -> Result<Option<(u16, Vec<virtio_queue::desc::split::Descriptor>)>, virtio_queue::Error> {
+    use virtio_queue::QueueOwnedT;
+    Ok(queue
+        .iter(mem)?
+        .next()
+        .map(|c| (c.head_index(), c.collect())))
+}
+
 /// What the transport needs from a device model.
 pub trait VirtioDevice: Send {
     /// Virtio device ID (2 = block, 1 = net).

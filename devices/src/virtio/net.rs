@@ -113,8 +113,8 @@ impl Net {
         let mut delivered = 0u16;
         let budget = rx.size();
         while delivered < budget {
-            let chain = match rx.iter(&*mem) {
-                Ok(mut it) => it.next().map(|c| (c.head_index(), c.collect::<Vec<_>>())),
+            let chain = match super::pop_chain(rx, mem) {
+                Ok(chain) => chain,
                 Err(e) => {
                     log::warn!("virtio-net: RX queue broken by the driver ({e})");
                     *broken = true;
@@ -197,8 +197,8 @@ impl Net {
         let budget = tx.size();
         let mut done = 0u16;
         while done < budget {
-            let chain = match tx.iter(&*mem) {
-                Ok(mut it) => it.next().map(|c| (c.head_index(), c.collect::<Vec<_>>())),
+            let chain = match super::pop_chain(tx, mem) {
+                Ok(chain) => chain,
                 Err(e) => {
                     log::warn!("virtio-net: TX queue broken by the driver ({e})");
                     *broken = true;
