@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
     build-essential      # gcc, make, and binutils (as, ld, objcopy) for tiny test guests
-    bc bison flex libelf-dev libssl-dev lz4 xz-utils   # kernel build
+    bc bison flex libelf-dev libssl-dev lz4 xz-utils patch perl   # kernel build
     linux-source-6.1     # the guest kit kernel's source
     busybox-static       # the guest kit's user space
     python3              # initramfs builder
