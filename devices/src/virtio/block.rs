@@ -224,14 +224,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.config_bytes();
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = config.get(start..) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        super::read_config_bytes(&self.config_bytes(), offset, data);
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), String> {

@@ -28,6 +28,19 @@ pub fn pop_chain(
         .map(|c| (c.head_index(), c.collect())))
 }
 
+/// Copies the part of a device's configuration space at `offset` into
+/// `data`; bytes past its end stay as the transport left them (zero).
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    let Some(src) = usize::try_from(offset)
+        .ok()
+        .and_then(|start| config.get(start..))
+    else {
+        return;
+    };
+    let n = src.len().min(data.len());
+    data[..n].copy_from_slice(&src[..n]);
+}
+
 /// What the transport needs from a device model.
 pub trait VirtioDevice: Send {
     /// Virtio device ID (2 = block, 1 = net).

@@ -261,13 +261,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = self.mac.get(start..) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        super::read_config_bytes(&self.mac, offset, data);
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), String> {
