@@ -2,7 +2,7 @@
 //! VM with irqchip and PIT → kernel, initrd, command line, ACPI, zero page
 //! → devices → vCPUs → threads. Each step lives in the module it is about.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ember_devices::bus::{Bus, SharedDevice};
@@ -17,24 +17,24 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::config::{ConfigError, ConsoleMode, VmConfig};
-use crate::console::{Console, ConsoleShared, OutputPump, SerialOut};
-use crate::console_input::{is_pollable, ConsoleInput, InputSource};
+use crate::config::{ConfigError, VmConfig};
+use crate::console::{ConsoleHost, SerialOut};
+use crate::console_input::ConsoleInput;
 use crate::error::Error;
-use crate::event_loop::{self, PlatformEvents};
-use crate::exit::ExitSignal;
+use crate::event_loop;
+use crate::exit::{Crash, CrashKind, ExitSignal, VmExit};
 use crate::layout::*;
 use crate::loader::{self, LoadedKernel};
+use crate::machine::Machine;
 use crate::memory;
 use crate::platform::{self, Host};
-use crate::terminal::{self, RawMode};
 use crate::vcpu::{self, Buses};
 use crate::virtio_devices;
-use crate::vm::{Vm, VmParts};
 use crate::x86_64::{acpi, boot_params, cpuid, msrs, regs};
 
-/// Starts a VM: returns once every vCPU thread runs.
-pub fn build(config: &VmConfig) -> Result<Vm, Error> {
+/// Starts a VM: returns once every vCPU thread runs. On any error the
+/// partial machine is dropped, which stops and joins what was started.
+pub(crate) fn build(config: &VmConfig) -> Result<Machine, Error> {
     // Everything the user gave is checked before KVM is touched, so bad
     // input gets its own error even on a host without /dev/kvm.
     config.validate()?;
@@ -43,22 +43,27 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
     let nets = virtio_devices::open_nets(&config.nets)?;
     let host = Host::detect();
     let mem = memory::create_guest_memory(config.memory)?;
-    let kernel = load_boot_payload(&mem, config, host)?;
+    // One list of virtio windows and IRQs feeds both the DSDT and the bus.
+    let virtio_slots: Vec<(u64, u32)> = (0..disks.len() + nets.len()).map(virtio_slot).collect();
+    let kernel = load_boot_payload(&mem, config, host, &virtio_slots)?;
     let cr3 = regs::write_boot_tables(&mem)?;
+    fault_point("load the boot payload")?;
 
     let kvm = Kvm::new().map_err(Error::OpenKvm)?;
     check_cpus_fit_kvm(&kvm, config)?;
     let vm_fd = kvm.create_vm().map_err(Error::kvm("create a VM"))?;
     memory::register_with_kvm(&vm_fd, &mem)?;
     create_irqchip_and_pit(&vm_fd)?;
+    fault_point("create the VM")?;
 
-    let exit = Arc::new(ExitSignal::default());
-    let mut console = ConsoleParts::new(&config.console)?;
-    let (mut buses, platform_lines) = create_devices(&vm_fd, &mut console)?;
-    let mut manager = event_loop::new_manager().map_err(|e| Error::Host {
-        what: "create the event loop",
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let exit = Arc::new(ExitSignal::new().map_err(Error::host("create the exit eventfd"))?);
+    let (console, serial_out) =
+        ConsoleHost::new(&config.console).map_err(Error::host("create the console"))?;
+    let mut machine = Machine::new(kvm, vm_fd, mem, exit.clone(), console);
+    fault_point("start the console")?;
+
+    let (mut buses, serial, input_wanted) = create_devices(machine.vm_fd(), &exit, serial_out)?;
+    let mut manager = event_loop::new_manager().map_err(Error::host("create the event loop"))?;
     let devices = disks
         .into_iter()
         .map(|d| Box::new(d) as Box<dyn VirtioDevice>)
@@ -66,52 +71,73 @@ pub fn build(config: &VmConfig) -> Result<Vm, Error> {
             nets.into_iter()
                 .map(|n| Box::new(n) as Box<dyn VirtioDevice>),
         );
-    for (index, device) in devices.enumerate() {
-        let (base, irq) =
-            virtio_devices::attach(&vm_fd, &mem, &mut buses.mmio, &mut manager, index, device)?;
+    for ((index, device), &(base, irq)) in devices.enumerate().zip(&virtio_slots) {
+        let transport = virtio_devices::attach(
+            machine.vm_fd(),
+            machine.memory(),
+            &mut buses.mmio,
+            &mut manager,
+            virtio_devices::Slot { index, base, irq },
+            device,
+        )?;
+        machine.add_device(transport);
         log::info!("virtio device {index} at {base:#x}, IRQ {irq}");
     }
-    let vcpus = create_vcpus(&kvm, &vm_fd, config.cpus, host, kernel.entry, cr3)?;
-
-    let (platform_events, stop_evt, wake) = platform_lines.into_subscriber(exit.clone())?;
-    event_loop::add(&mut manager, platform_events);
-    event_loop::add(&mut manager, console.input_subscriber(exit.clone())?);
+    fault_point("attach the devices")?;
+    let vcpus = create_vcpus(
+        machine.kvm(),
+        machine.vm_fd(),
+        config.cpus,
+        host,
+        kernel.entry,
+        cr3,
+    )?;
+    let source = machine.console().input_source();
+    event_loop::add(
+        &mut manager,
+        ConsoleInput::new(serial, source, input_wanted, exit.clone()),
+    );
 
     vcpu::install_kick_handler().map_err(Error::host("install the vCPU kick signal"))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let loop_thread = event_loop::spawn(manager, stop.clone(), exit.clone())
+    machine
+        .start_event_loop(manager)
         .map_err(Error::host("start the event-loop thread"))?;
-    let raw_mode = match config.console {
-        ConsoleMode::Terminal => {
-            RawMode::enter().map_err(Error::host("put the terminal in raw mode"))?
-        }
-        ConsoleMode::Scripted { .. } => None,
-    };
+    fault_point("start the event loop")?;
+    machine
+        .console()
+        .enter_raw_mode()
+        .map_err(Error::host("put the terminal in raw mode"))?;
+    fault_point("enter raw mode")?;
     let buses = Arc::new(buses);
-    let mut threads = Vec::with_capacity(vcpus.len());
     for (cpu, fd) in vcpus.into_iter().enumerate() {
-        let (b, m, e, s) = (buses.clone(), mem.clone(), exit.clone(), stop.clone());
-        let t = std::thread::Builder::new()
-            .name(format!("ember-vcpu{cpu}"))
-            .spawn(move || vcpu::run(fd, cpu as u8, b, m, e, s))
+        machine
+            .spawn_vcpu(cpu as u8, fd, buses.clone())
             .map_err(Error::host("start a vCPU thread"))?;
-        threads.push(t);
+        fault_point("start a vCPU")?;
     }
-    Ok(Vm::from_parts(VmParts {
-        exit,
-        stop,
-        wake,
-        stop_evt,
-        vcpu_threads: threads,
-        event_thread: loop_thread,
-        console: Console::new(console.shared.clone()),
-        console_shared: console.shared,
-        pumps: console.pumps,
-        raw_mode,
-        _vm_fd: vm_fd,
-        _kvm: kvm,
-        _memory: mem,
-    }))
+    Ok(machine)
+}
+
+/// Test hook: makes the Nth fault point of the next starts fail, so a test
+/// can check that a start failing at each step cleans up after itself.
+#[doc(hidden)]
+pub fn inject_start_failure(at: Option<u32>) {
+    FAIL_AT.store(at.map_or(u32::MAX, |n| n), Ordering::SeqCst);
+    PASSED.store(0, Ordering::SeqCst);
+}
+
+static FAIL_AT: AtomicU32 = AtomicU32::new(u32::MAX);
+static PASSED: AtomicU32 = AtomicU32::new(0);
+
+fn fault_point(step: &'static str) -> Result<(), Error> {
+    if FAIL_AT.load(Ordering::Relaxed) == u32::MAX {
+        return Ok(());
+    }
+    let n = PASSED.fetch_add(1, Ordering::SeqCst);
+    if n == FAIL_AT.load(Ordering::SeqCst) {
+        return Err(Error::Injected { step });
+    }
+    Ok(())
 }
 
 fn check_cpus_fit_kvm(kvm: &Kvm, config: &VmConfig) -> Result<(), Error> {
@@ -157,6 +183,7 @@ fn load_boot_payload(
     mem: &GuestMemoryMmap,
     config: &VmConfig,
     host: Host,
+    virtio: &[(u64, u32)],
 ) -> Result<LoadedKernel, Error> {
     let low_end = memory::low_ram_end(config.memory);
     let kernel = loader::load_kernel(mem, &config.kernel, low_end)?;
@@ -177,10 +204,7 @@ fn load_boot_payload(
         .unwrap_or_default();
     log::info!("kernel command line: {cmdline_text}");
     loader::write_cmdline(mem, &cmdline)?;
-    let virtio: Vec<(u64, u32)> = (0..config.disks.len() + config.nets.len())
-        .map(virtio_slot)
-        .collect();
-    let rsdp = acpi::write_tables(mem, config.cpus, &virtio)?;
+    let rsdp = acpi::write_tables(mem, config.cpus, virtio)?;
     let ram = memory::ram_ranges(config.memory);
     let params = boot_params::build(&boot_params::ZeroPage {
         setup_header: kernel.setup_header,
@@ -193,151 +217,54 @@ fn load_boot_payload(
     Ok(kernel)
 }
 
-/// The console's host side: shared transcript/input state and the
-/// output writer threads.
-struct ConsoleParts {
-    mode: ConsoleMode,
-    shared: Arc<ConsoleShared>,
-    pumps: Vec<Arc<Mutex<OutputPump>>>,
-    serial: Option<Arc<Mutex<SerialDevice<SerialOut>>>>,
-    rx_drained: Option<EventFd>,
-}
-
-impl ConsoleParts {
-    fn new(mode: &ConsoleMode) -> Result<Self, Error> {
-        let shared = ConsoleShared::new().map_err(Error::host("create the console"))?;
-        Ok(Self {
-            mode: mode.clone(),
-            shared,
-            pumps: Vec::new(),
-            serial: None,
-            rx_drained: None,
-        })
-    }
-
-    fn pump(
-        &mut self,
-        out: Box<dyn std::io::Write + Send>,
-    ) -> Result<Arc<Mutex<OutputPump>>, Error> {
-        let p = Arc::new(Mutex::new(
-            OutputPump::new(out).map_err(Error::host("start the console output thread"))?,
-        ));
-        self.pumps.push(p.clone());
-        Ok(p)
-    }
-
-    fn serial_out(&mut self) -> Result<SerialOut, Error> {
-        Ok(match self.mode {
-            ConsoleMode::Terminal => SerialOut::Pump(self.pump(Box::new(std::io::stdout()))?),
-            ConsoleMode::Scripted { echo } => SerialOut::Transcript {
-                shared: self.shared.clone(),
-                echo: if echo {
-                    Some(self.pump(Box::new(std::io::stderr()))?)
-                } else {
-                    None
-                },
-            },
-        })
-    }
-
-    fn input_subscriber(&self, exit: Arc<ExitSignal>) -> Result<ConsoleInput, Error> {
-        let (Some(serial), Some(drained)) = (&self.serial, &self.rx_drained) else {
-            return Err(Error::Host {
-                what: "wire the console input",
-                source: std::io::Error::other("the serial device was not created"),
-            });
-        };
-        let source = match self.mode {
-            ConsoleMode::Terminal => InputSource::Stdin {
-                tty: terminal::is_tty(libc::STDIN_FILENO),
-                pollable: is_pollable(libc::STDIN_FILENO),
-            },
-            ConsoleMode::Scripted { .. } => InputSource::Scripted(self.shared.clone()),
-        };
-        let drained = drained
-            .try_clone()
-            .map_err(Error::host("clone an eventfd"))?;
-        Ok(ConsoleInput::new(serial.clone(), source, drained, exit))
-    }
-}
-
-/// The device lines the event loop watches.
-struct PlatformLines {
-    reset: EventFd,
-    poweroff: EventFd,
-    panic: EventFd,
-}
-
-impl PlatformLines {
-    fn into_subscriber(
-        self,
-        exit: Arc<ExitSignal>,
-    ) -> Result<(PlatformEvents, EventFd, EventFd), Error> {
-        let eventfd = || EventFd::new(EFD_NONBLOCK).map_err(Error::host("create an eventfd"));
-        let stop = eventfd()?;
-        let wake = eventfd()?;
-        let clone = |fd: &EventFd| fd.try_clone().map_err(Error::host("clone an eventfd"));
-        let (stop_evt, wake_evt) = (clone(&stop)?, clone(&wake)?);
-        Ok((
-            PlatformEvents {
-                reset: self.reset,
-                poweroff: self.poweroff,
-                panic: self.panic,
-                stop,
-                wake,
-                exit,
-            },
-            stop_evt,
-            wake_evt,
-        ))
-    }
-}
-
-fn create_devices(vm: &VmFd, console: &mut ConsoleParts) -> Result<(Buses, PlatformLines), Error> {
+/// COM1 and the platform devices on the port bus. The reset, power-off and
+/// panic lines record the VM's end synchronously, on the vCPU that raised
+/// them, which then stops before running another guest instruction.
+fn create_devices(
+    vm: &VmFd,
+    exit: &Arc<ExitSignal>,
+    serial_out: SerialOut,
+) -> Result<(Buses, SharedSerial, EventFd), Error> {
     let eventfd = || EventFd::new(EFD_NONBLOCK).map_err(Error::host("create an eventfd"));
-    let line = || SignalLine::new().map_err(Error::host("create an eventfd"));
-    let clone = |l: &SignalLine| l.try_clone().map_err(Error::host("clone an eventfd"));
+    let line = |reason: VmExit| {
+        let exit = exit.clone();
+        SignalLine::new(move || exit.trigger(reason.clone()))
+    };
 
     let com1_irq = eventfd()?;
     vm.register_irqfd(&com1_irq, COM1_IRQ)
         .map_err(Error::kvm("register the COM1 irqfd"))?;
-    let rx_drained = eventfd()?;
+    let input_wanted = eventfd()?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         com1_irq,
-        rx_drained
+        input_wanted
             .try_clone()
             .map_err(Error::host("clone an eventfd"))?,
-        console.serial_out()?,
+        serial_out,
     )));
-    console.serial = Some(serial.clone());
-    console.rx_drained = Some(rx_drained);
 
-    let (reset, poweroff, panic) = (line()?, line()?, line()?);
-    let lines = PlatformLines {
-        reset: clone(&reset)?,
-        poweroff: clone(&poweroff)?,
-        panic: clone(&panic)?,
-    };
     let mut pio = Bus::new();
     let devices: [(&'static str, u64, u64, SharedDevice); 4] = [
-        ("COM1", COM1_PORT, COM1_PORT_LEN, serial),
+        ("COM1", COM1_PORT, COM1_PORT_LEN, serial.clone()),
         (
             "the i8042",
             I8042_PORT,
             I8042_PORT_LEN,
-            Arc::new(Mutex::new(I8042::new(reset))),
+            Arc::new(Mutex::new(I8042::new(line(VmExit::Reboot)))),
         ),
         (
             "the ACPI sleep registers",
             ACPI_SLEEP_CONTROL_PORT,
             ACPI_SLEEP_PORT_LEN,
-            Arc::new(Mutex::new(SleepControl::new(poweroff))),
+            Arc::new(Mutex::new(SleepControl::new(line(VmExit::Poweroff)))),
         ),
         (
             "pvpanic",
             PVPANIC_PORT,
             1,
-            Arc::new(Mutex::new(PvPanic::new(panic))),
+            Arc::new(Mutex::new(PvPanic::new(line(VmExit::Crash(Crash::new(
+                CrashKind::GuestPanic,
+            )))))),
         ),
     ];
     for (what, base, len, dev) in devices {
@@ -349,9 +276,12 @@ fn create_devices(vm: &VmFd, console: &mut ConsoleParts) -> Result<(Buses, Platf
             pio,
             mmio: Bus::new(),
         },
-        lines,
+        serial,
+        input_wanted,
     ))
 }
+
+type SharedSerial = Arc<Mutex<SerialDevice<SerialOut>>>;
 
 fn create_vcpus(
     kvm: &Kvm,

@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::config::ConsoleMode;
+use crate::console_input::InputSource;
 use crate::lock;
+use crate::stdin::Stdin;
+use crate::terminal::RawMode;
 
 /// Output kept for searching, at most; older output is dropped past this.
 const TRANSCRIPT_MAX: usize = 16 << 20;
@@ -23,7 +27,7 @@ const INPUT_MAX: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
-    #[error("invalid pattern {pattern:?}: {source}")]
+    #[error("invalid pattern {pattern:?}")]
     Pattern {
         pattern: String,
         #[source]
@@ -192,6 +196,80 @@ fn tail_of(text: &[u8]) -> String {
     String::from_utf8_lossy(&text[start..]).into_owned()
 }
 
+/// How long console output may take to drain when the VM ends.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// The console's host side for one VM: the state shared with the program
+/// that scripts it, the output writer threads and the terminal's raw mode.
+/// Dropping it lets output drain (for at most OUTPUT_GRACE) and restores
+/// the terminal.
+pub(crate) struct ConsoleHost {
+    mode: ConsoleMode,
+    shared: Arc<ConsoleShared>,
+    pumps: Vec<Arc<Mutex<OutputPump>>>,
+    raw_mode: Option<RawMode>,
+}
+
+impl ConsoleHost {
+    /// The host side and the writer to give the UART.
+    pub(crate) fn new(mode: &ConsoleMode) -> io::Result<(Self, SerialOut)> {
+        let mut host = Self {
+            mode: mode.clone(),
+            shared: ConsoleShared::new()?,
+            pumps: Vec::new(),
+            raw_mode: None,
+        };
+        let out = match mode {
+            ConsoleMode::Terminal => SerialOut::Pump(host.pump(Box::new(io::stdout()))?),
+            ConsoleMode::Scripted { echo } => SerialOut::Transcript {
+                shared: host.shared.clone(),
+                echo: match echo {
+                    true => Some(host.pump(Box::new(io::stderr()))?),
+                    false => None,
+                },
+            },
+        };
+        Ok((host, out))
+    }
+
+    fn pump(&mut self, out: Box<dyn Write + Send>) -> io::Result<Arc<Mutex<OutputPump>>> {
+        let p = Arc::new(Mutex::new(OutputPump::new(out)?));
+        self.pumps.push(p.clone());
+        Ok(p)
+    }
+
+    /// Where the UART's input comes from.
+    pub(crate) fn input_source(&self) -> InputSource {
+        match self.mode {
+            ConsoleMode::Terminal => InputSource::Stdin(Stdin::open(libc::STDIN_FILENO)),
+            ConsoleMode::Scripted { .. } => InputSource::Scripted(self.shared.clone()),
+        }
+    }
+
+    /// Raw mode for an interactive terminal (nothing for scripted consoles
+    /// or when stdin is not a terminal).
+    pub(crate) fn enter_raw_mode(&mut self) -> io::Result<()> {
+        if self.mode == ConsoleMode::Terminal {
+            self.raw_mode = RawMode::enter()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn console(&self) -> Console {
+        Console::new(self.shared.clone())
+    }
+}
+
+impl Drop for ConsoleHost {
+    fn drop(&mut self) {
+        self.shared.mark_ended();
+        for pump in &self.pumps {
+            lock(pump).finish(OUTPUT_GRACE);
+        }
+        self.raw_mode = None;
+    }
+}
+
 /// Writes terminal output from its own thread, so a slow or stuck reader
 /// never blocks a vCPU. When its buffer is full, output is dropped and
 /// counted.
@@ -206,6 +284,8 @@ struct PumpState {
     queue: VecDeque<u8>,
     closing: bool,
     broken: bool,
+    /// The writer thread has ended.
+    done: bool,
 }
 
 impl OutputPump {
@@ -214,21 +294,25 @@ impl OutputPump {
         let s = state.clone();
         let thread = std::thread::Builder::new()
             .name("ember-console-out".into())
-            .spawn(move || loop {
-                let chunk: Vec<u8> = {
-                    let (m, cv) = &*s;
-                    let mut st = cv
-                        .wait_while(lock(m), |st| st.queue.is_empty() && !st.closing)
-                        .unwrap_or_else(|e| e.into_inner());
-                    if st.queue.is_empty() {
-                        return;
+            .spawn(move || {
+                let (m, cv) = &*s;
+                loop {
+                    let chunk: Vec<u8> = {
+                        let mut st = cv
+                            .wait_while(lock(m), |st| st.queue.is_empty() && !st.closing)
+                            .unwrap_or_else(|e| e.into_inner());
+                        if st.queue.is_empty() {
+                            break;
+                        }
+                        st.queue.drain(..).collect()
+                    };
+                    if out.write_all(&chunk).and_then(|_| out.flush()).is_err() {
+                        lock(m).broken = true;
+                        break;
                     }
-                    st.queue.drain(..).collect()
-                };
-                if out.write_all(&chunk).and_then(|_| out.flush()).is_err() {
-                    lock(&s.0).broken = true;
-                    return;
                 }
+                lock(m).done = true;
+                cv.notify_all();
             })?;
         Ok(Self {
             state,
@@ -256,25 +340,33 @@ impl OutputPump {
     /// Lets the thread write what is queued, waiting at most `grace`; a
     /// thread stuck on a reader that never reads is left behind.
     pub(crate) fn finish(&mut self, grace: Duration) {
-        {
-            let (m, cv) = &*self.state;
-            lock(m).closing = true;
-            cv.notify_all();
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let (m, cv) = &*self.state;
+        let mut st = lock(m);
+        st.closing = true;
+        cv.notify_all();
+        let (st, _) = cv
+            .wait_timeout_while(st, grace, |st| !st.done)
+            .unwrap_or_else(|e| e.into_inner());
+        if st.done {
+            drop(st);
+            let _ = thread.join();
+        } else {
+            // Left behind, detached: it is stuck in a write to a reader
+            // that does not read, which Ember does not control.
+            log::warn!(
+                "console output is blocked; {} bytes left unwritten",
+                st.queue.len()
+            );
         }
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
-                if let Some(t) = self.thread.take() {
-                    let _ = t.join();
-                }
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        log::warn!(
-            "console output is blocked; {} bytes left unwritten",
-            lock(&self.state.0).queue.len()
-        );
+    }
+}
+
+impl Drop for OutputPump {
+    fn drop(&mut self) {
+        self.finish(OUTPUT_GRACE);
     }
 }
 

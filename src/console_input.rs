@@ -1,10 +1,9 @@
-//! Feeding the UART from the host: stdin (terminal, pipe or file) or the
-//! scripted input queue. Runs on the event loop. Input enters only as fast
-//! as the guest drains the 64-byte FIFO (a pipe waits in the kernel, not in
-//! Ember); an interactive terminal is always read so Ctrl-A x works, and
-//! what the FIFO cannot take then is dropped, as on a real UART.
+//! Feeding the UART from the host: stdin (terminal, pipe, socket or file)
+//! or the scripted input queue. Runs on the event loop and never blocks it.
+//! Input enters only as fast as the guest drains the 64-byte FIFO (a pipe
+//! waits in the kernel, not in Ember); an interactive terminal is always
+//! read so Ctrl-A x works.
 
-use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::console::{ConsoleShared, SerialOut};
 use crate::exit::{ExitSignal, StopReason, VmExit};
 use crate::lock;
+use crate::stdin::{ReadOutcome, Stdin};
 
 /// Ctrl-A, the console escape key; Ctrl-A x quits, Ctrl-A Ctrl-A sends one Ctrl-A.
 pub const ESCAPE: u8 = 0x01;
@@ -53,140 +53,154 @@ pub fn filter_escapes(state: &mut EscapeState, input: &[u8]) -> (Vec<u8>, bool) 
 
 /// Where input comes from.
 pub enum InputSource {
-    /// Standard input. `pollable` is false for regular files and /dev/null,
-    /// which epoll refuses: those are read whenever the FIFO has room.
-    Stdin { tty: bool, pollable: bool },
+    /// Standard input (terminal, pipe, socket or file), read without blocking.
+    Stdin(Stdin),
     /// `Console::send_*`.
     Scripted(Arc<ConsoleShared>),
 }
 
+/// Bytes read from a terminal but not yet taken by the FIFO, at most: a
+/// paste waits here while the guest reads; past this, typing is dropped as
+/// on a real UART (the terminal must be read, so Ctrl-A x always works).
+const TTY_PENDING_MAX: usize = 4096;
+
+/// Feeds COM1's receive FIFO on the event loop. Stdin is read only when
+/// epoll says it is readable (or, for a regular file, only when the FIFO
+/// has room), and a pipe is watched only while the FIFO can take what is
+/// read, so the guest's reading speed paces the writer; bytes the FIFO
+/// refuses (full, or in loopback mode) wait in `pending`, never dropped.
 pub struct ConsoleInput {
     serial: Arc<Mutex<SerialDevice<SerialOut>>>,
     source: InputSource,
-    rx_drained: EventFd,
+    /// Written by the UART when its FIFO drained or left loopback mode.
+    input_wanted: EventFd,
     exit: Arc<ExitSignal>,
     escape: EscapeState,
+    pending: Vec<u8>,
     /// Stdin is registered with epoll right now.
     watching_stdin: bool,
     eof: bool,
+    dropped: u64,
 }
 
 impl ConsoleInput {
     pub fn new(
         serial: Arc<Mutex<SerialDevice<SerialOut>>>,
         source: InputSource,
-        rx_drained: EventFd,
+        input_wanted: EventFd,
         exit: Arc<ExitSignal>,
     ) -> Self {
         Self {
             serial,
             source,
-            rx_drained,
+            input_wanted,
             exit,
             escape: EscapeState::Normal,
+            pending: Vec::new(),
             watching_stdin: false,
             eof: false,
+            dropped: 0,
         }
-    }
-
-    fn stdin_events() -> Events {
-        Events::new_raw(libc::STDIN_FILENO, EventSet::IN)
     }
 
     fn set_watch_stdin(&mut self, ops: &mut EventOps, on: bool) {
-        if on == self.watching_stdin {
+        let InputSource::Stdin(stdin) = &self.source else {
+            return;
+        };
+        if on == self.watching_stdin || !stdin.pollable() {
             return;
         }
-        let r = if on {
-            ops.add(Self::stdin_events())
-        } else {
-            ops.remove(Self::stdin_events())
-        };
+        let ev = Events::new_raw(stdin.fd(), EventSet::IN);
+        let r = if on { ops.add(ev) } else { ops.remove(ev) };
         match r {
             Ok(()) => self.watching_stdin = on,
-            Err(e) => log::warn!("console: cannot change the stdin watch: {e}"),
-        }
-    }
-
-    fn read_stdin(&mut self, max: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; max];
-        // SAFETY: reads at most buf.len() bytes into buf.
-        let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
-        match n {
-            0 => {
+            Err(e) => {
+                log::warn!("console: cannot watch stdin, input stops: {e}");
                 self.eof = true;
-                Vec::new()
-            }
-            n if n > 0 => {
-                buf.truncate(n as usize);
-                buf
-            }
-            _ => {
-                let e = io::Error::last_os_error();
-                if !matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) {
-                    log::warn!("console: reading stdin failed, input stops: {e}");
-                    self.eof = true;
-                }
-                Vec::new()
             }
         }
     }
 
-    /// Moves input into the FIFO while both have some.
-    fn feed(&mut self, ops: &mut EventOps) {
-        match &self.source {
-            InputSource::Scripted(shared) => {
-                let shared = shared.clone();
-                let mut serial = lock(&self.serial);
-                let space = serial.rx_space();
-                let bytes = shared.take_input(space);
-                let taken = serial.push_input(&bytes);
-                shared.unread_input(&bytes[taken..]);
+    /// Moves pending bytes into the FIFO; true when none are left.
+    fn flush_pending(&mut self) -> bool {
+        if !self.pending.is_empty() {
+            let taken = lock(&self.serial).push_input(&self.pending);
+            self.pending.drain(..taken);
+        }
+        self.pending.is_empty()
+    }
+
+    /// Reads what stdin has now (never blocking) into `pending`.
+    fn read_stdin(&mut self, max: usize) {
+        let InputSource::Stdin(stdin) = &self.source else {
+            return;
+        };
+        let mut buf = [0u8; READ_CHUNK];
+        let max = max.min(buf.len());
+        match stdin.read(&mut buf[..max]) {
+            ReadOutcome::Data(n) => {
+                if stdin.is_tty() {
+                    let (bytes, quit) = filter_escapes(&mut self.escape, &buf[..n]);
+                    if quit {
+                        self.exit.trigger(VmExit::Stopped(StopReason::ConsoleQuit));
+                    }
+                    let room = TTY_PENDING_MAX.saturating_sub(self.pending.len());
+                    let keep = bytes.len().min(room);
+                    self.pending.extend_from_slice(&bytes[..keep]);
+                    self.dropped += (bytes.len() - keep) as u64;
+                } else {
+                    self.pending.extend_from_slice(&buf[..n]);
+                }
             }
-            InputSource::Stdin { tty: true, .. } => {
-                if self.eof {
-                    return self.set_watch_stdin(ops, false);
-                }
-                let typed = self.read_stdin(READ_CHUNK);
-                let (bytes, quit) = filter_escapes(&mut self.escape, &typed);
-                if quit {
-                    self.exit.trigger(VmExit::Stopped(StopReason::ConsoleQuit));
-                }
-                let taken = lock(&self.serial).push_input(&bytes);
-                if taken < bytes.len() {
-                    log::debug!(
-                        "console: FIFO full, {} typed bytes dropped",
-                        bytes.len() - taken
-                    );
-                }
-            }
-            InputSource::Stdin {
-                tty: false,
-                pollable,
-            } => {
-                let pollable = *pollable;
+            ReadOutcome::Nothing => {}
+            ReadOutcome::Eof => self.eof = true,
+        }
+    }
+
+    /// One step of the stdin state machine; `readable` is true when epoll
+    /// reported stdin readable (or hung up) in this event.
+    fn feed_stdin(&mut self, ops: &mut EventOps, readable: bool) {
+        let InputSource::Stdin(stdin) = &self.source else {
+            return;
+        };
+        let (tty, pollable) = (stdin.is_tty(), stdin.pollable());
+        let mut fifo_ok = self.flush_pending();
+        if !self.eof {
+            if tty && readable {
+                // Always read a terminal: the escape must get through.
+                self.read_stdin(READ_CHUNK);
+                fifo_ok = self.flush_pending();
+            } else if !tty && fifo_ok && (readable || !pollable) {
                 let space = lock(&self.serial).rx_space();
-                if space > 0 && !self.eof {
-                    let bytes = self.read_stdin(space);
-                    lock(&self.serial).push_input(&bytes);
-                }
-                // A pipe is watched only while the FIFO has room; the
-                // drained event brings it back.
-                let room = lock(&self.serial).rx_space() > 0;
-                if pollable {
-                    self.set_watch_stdin(ops, room && !self.eof);
+                if space > 0 {
+                    self.read_stdin(space);
+                    fifo_ok = self.flush_pending();
                 }
             }
         }
+        if self.dropped > 0 {
+            log::debug!("console: FIFO full, {} typed bytes dropped", self.dropped);
+            self.dropped = 0;
+        }
+        let room = fifo_ok && lock(&self.serial).rx_space() > 0;
+        // A terminal stays watched; a pipe only while the FIFO has room.
+        self.set_watch_stdin(ops, !self.eof && (tty || room));
+    }
+
+    fn feed_scripted(&mut self) {
+        let InputSource::Scripted(shared) = &self.source else {
+            return;
+        };
+        let mut serial = lock(&self.serial);
+        let bytes = shared.take_input(serial.rx_space());
+        let taken = serial.push_input(&bytes);
+        shared.unread_input(&bytes[taken..]);
     }
 }
 
 impl MutEventSubscriber for ConsoleInput {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.rx_drained, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::new(&self.input_wanted, EventSet::IN)) {
             log::error!("console: cannot watch the UART: {e}");
         }
         match &self.source {
@@ -195,51 +209,28 @@ impl MutEventSubscriber for ConsoleInput {
                     log::error!("console: cannot watch scripted input: {e}");
                 }
             }
-            InputSource::Stdin { pollable: true, .. } => self.set_watch_stdin(ops, true),
-            InputSource::Stdin {
-                pollable: false, ..
-            } => self.feed(ops),
+            InputSource::Stdin(_) => self.feed_stdin(ops, false),
         }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd: RawFd = events.fd();
-        if fd == self.rx_drained.as_raw_fd() {
-            let _ = self.rx_drained.read();
-        } else if let InputSource::Scripted(shared) = &self.source {
-            if fd == shared.input_evt.as_raw_fd() {
-                let _ = shared.input_evt.read();
+        if fd == self.input_wanted.as_raw_fd() {
+            let _ = self.input_wanted.read();
+        }
+        match &self.source {
+            InputSource::Scripted(shared) => {
+                if fd == shared.input_evt.as_raw_fd() {
+                    let _ = shared.input_evt.read();
+                }
+                self.feed_scripted();
             }
-        } else if fd == libc::STDIN_FILENO && events.event_set().contains(EventSet::HANG_UP) {
-            // Hang-up with data still readable is handled by reading to EOF.
-            if !events.event_set().contains(EventSet::IN) {
-                self.eof = true;
+            InputSource::Stdin(stdin) => {
+                let readable = fd == stdin.fd() && fd != self.input_wanted.as_raw_fd();
+                self.feed_stdin(ops, readable);
             }
         }
-        self.feed(ops);
-        if self.eof && self.watching_stdin {
-            self.set_watch_stdin(ops, false);
-        }
     }
-}
-
-/// Whether epoll accepts this descriptor (regular files and /dev/null
-/// are refused with EPERM).
-pub fn is_pollable(fd: RawFd) -> bool {
-    // SAFETY: a throwaway epoll instance, closed below.
-    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if ep < 0 {
-        return false;
-    }
-    let mut ev = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
-        u64: 0,
-    };
-    // SAFETY: valid epoll fd and event pointer.
-    let ok = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } == 0;
-    // SAFETY: closing the descriptor created above.
-    unsafe { libc::close(ep) };
-    ok
 }
 
 #[cfg(test)]
@@ -262,20 +253,5 @@ mod tests {
         assert_eq!(filter_escapes(&mut s, b"a\x01"), (b"a".to_vec(), false));
         assert_eq!(s, EscapeState::AfterEscape);
         assert_eq!(filter_escapes(&mut s, b"xyz"), (vec![], true));
-    }
-
-    #[test]
-    fn pipes_are_pollable_regular_files_are_not() {
-        let mut fds = [0; 2];
-        // SAFETY: fds has room for two descriptors.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        assert!(is_pollable(fds[0]));
-        // SAFETY: closing the pipe created above.
-        unsafe {
-            libc::close(fds[0]);
-            libc::close(fds[1]);
-        }
-        let f = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
-        assert!(!is_pollable(f.as_raw_fd()));
     }
 }

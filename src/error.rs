@@ -9,9 +9,9 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Load(#[from] LoadError),
-    #[error("cannot open /dev/kvm: {0} (is KVM available and are you allowed to use it?)")]
+    #[error("cannot open /dev/kvm (is KVM available and are you allowed to use it?)")]
     OpenKvm(#[source] kvm_ioctls::Error),
-    #[error("KVM: cannot {what}: {source}")]
+    #[error("KVM: cannot {what}")]
     Kvm {
         what: &'static str,
         #[source]
@@ -33,18 +33,21 @@ pub enum Error {
     Acpi(#[from] crate::x86_64::acpi::AcpiError),
     #[error(transparent)]
     BootParams(#[from] crate::x86_64::boot_params::BootParamsError),
-    #[error("cannot place {what} on the bus: {source}")]
+    #[error("cannot place {what} on the bus")]
     Bus {
         what: &'static str,
         #[source]
         source: ember_devices::bus::BusError,
     },
-    #[error("cannot {what}: {source}")]
+    #[error("cannot {what}")]
     Host {
         what: &'static str,
         #[source]
         source: std::io::Error,
     },
+    /// A failure a test asked for (see `inject_start_failure`).
+    #[error("injected start failure at step \"{step}\"")]
+    Injected { step: &'static str },
 }
 
 impl Error {

@@ -1,89 +1,81 @@
 //! The event-loop thread: owns every descriptor a device waits on (console
-//! input, the reset/poweroff/panic lines, the stop eventfd) and turns the
-//! platform lines into the VM's exit reason.
+//! input, queue notifications, TAPs) and serves them with bounded work per
+//! event. Nothing on it blocks, so stopping it is one wake-up and a join.
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::exit::{Crash, CrashKind, ExitSignal, StopReason, VmExit};
+use crate::exit::{ExitSignal, VmExit};
 
 pub type Manager = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
-/// The device lines that end a VM, and the stop/wake eventfds.
-pub struct PlatformEvents {
-    pub reset: EventFd,
-    pub poweroff: EventFd,
-    pub panic: EventFd,
-    /// Written by signal handlers (see `signals`).
-    pub stop: EventFd,
-    /// Written by `Vm` to make the loop look at its stop flag.
-    pub wake: EventFd,
-    pub exit: Arc<ExitSignal>,
-}
-
-impl MutEventSubscriber for PlatformEvents {
-    fn init(&mut self, ops: &mut EventOps) {
-        for fd in [
-            &self.reset,
-            &self.poweroff,
-            &self.panic,
-            &self.stop,
-            &self.wake,
-        ] {
-            if let Err(e) = ops.add(Events::new(fd, EventSet::IN)) {
-                log::error!("event loop: cannot watch a platform line: {e}");
-            }
-        }
-    }
-
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let fd = events.fd();
-        // A panic is reported as such even when the reset that `panic=-1`
-        // causes arrives in the same batch: look at the panic line first.
-        if self.panic.read().is_ok() {
-            self.exit
-                .trigger(VmExit::Crash(Crash::new(CrashKind::GuestPanic)));
-        }
-        if fd == self.reset.as_raw_fd() && self.reset.read().is_ok() {
-            self.exit.trigger(VmExit::Reboot);
-        } else if fd == self.poweroff.as_raw_fd() && self.poweroff.read().is_ok() {
-            self.exit.trigger(VmExit::Poweroff);
-        } else if fd == self.stop.as_raw_fd() && self.stop.read().is_ok() {
-            let sig = crate::signals::last_signal().unwrap_or(libc::SIGTERM);
-            self.exit.trigger(VmExit::Stopped(StopReason::Signal(sig)));
-        } else if fd == self.wake.as_raw_fd() {
-            let _ = self.wake.read();
-        }
-    }
-}
-
-/// Runs the loop until `stop` is set (and the wake eventfd written).
-pub fn spawn(
-    mut manager: Manager,
-    stop: Arc<AtomicBool>,
-    exit: Arc<ExitSignal>,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("ember-events".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Acquire) {
-                if let Err(e) = manager.run() {
-                    exit.trigger(VmExit::HostError(format!("event loop failed: {e}")));
-                    return;
-                }
-            }
-        })
-}
-
-pub fn new_manager() -> Result<Manager, event_manager::Error> {
-    EventManager::new()
+pub fn new_manager() -> std::io::Result<Manager> {
+    EventManager::new().map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 pub fn add<S: MutEventSubscriber + Send + 'static>(manager: &mut Manager, s: S) {
     manager.add_subscriber(Arc::new(Mutex::new(s)));
+}
+
+/// Reads the wake eventfd so the loop can look at its stop flag.
+struct Wake(EventFd);
+
+impl MutEventSubscriber for Wake {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.0, EventSet::IN)) {
+            log::error!("event loop: cannot watch its wake-up eventfd: {e}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.0.read();
+    }
+}
+
+/// The running loop. Dropping it stops and joins the thread.
+pub struct EventLoop {
+    stop: Arc<AtomicBool>,
+    wake: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EventLoop {
+    /// Runs `manager` on a thread of its own until this handle is dropped.
+    pub fn spawn(mut manager: Manager, exit: Arc<ExitSignal>) -> std::io::Result<Self> {
+        let wake = EventFd::new(EFD_NONBLOCK)?;
+        add(&mut manager, Wake(wake.try_clone()?));
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("ember-events".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Acquire) {
+                    if let Err(e) = manager.run() {
+                        exit.trigger(VmExit::HostError(format!("event loop failed: {e}")));
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self {
+            stop,
+            wake,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Err(e) = self.wake.write(1) {
+            log::error!("event loop: cannot wake it to stop: {e}");
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

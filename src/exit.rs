@@ -1,8 +1,10 @@
 //! How a VM ends: one reason, set once, by whichever part sees it first.
 
 use std::fmt;
-use std::sync::{Condvar, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Why the VM ended. `Vm::wait` returns it; the CLI maps it to an exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,41 +121,51 @@ impl fmt::Display for VmExit {
     }
 }
 
-/// The first reason wins; later ones are logged and dropped.
-#[derive(Default)]
+/// The VM's one exit primitive: the first reason wins; later ones are
+/// logged and dropped. Setting it tells every vCPU to stop at its next exit
+/// (`is_set`) and makes `event_fd` readable for whoever waits on it.
 pub struct ExitSignal {
     reason: Mutex<Option<VmExit>>,
-    cv: Condvar,
+    set: AtomicBool,
+    evt: EventFd,
 }
 
 impl ExitSignal {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            reason: Mutex::new(None),
+            set: AtomicBool::new(false),
+            evt: EventFd::new(EFD_NONBLOCK)?,
+        })
+    }
+
     pub fn trigger(&self, exit: VmExit) {
         let mut r = crate::lock(&self.reason);
         match &*r {
             None => {
                 log::debug!("VM exit: {exit}");
                 *r = Some(exit);
-                self.cv.notify_all();
+                self.set.store(true, Ordering::SeqCst);
+                if let Err(e) = self.evt.write(1) {
+                    log::warn!("cannot signal the VM's end on its eventfd: {e}");
+                }
             }
             Some(first) => log::debug!("VM exit {exit} after {first}: ignored"),
         }
     }
 
-    pub fn wait_timeout(&self, timeout: Option<Duration>) -> Option<VmExit> {
-        let guard = crate::lock(&self.reason);
-        let guard = match timeout {
-            None => self
-                .cv
-                .wait_while(guard, |r| r.is_none())
-                .unwrap_or_else(|e| e.into_inner()),
-            Some(t) => {
-                self.cv
-                    .wait_timeout_while(guard, t, |r| r.is_none())
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0
-            }
-        };
-        guard.clone()
+    /// True once a reason is recorded. Cheap: vCPUs check it after every exit.
+    pub fn is_set(&self) -> bool {
+        self.set.load(Ordering::SeqCst)
+    }
+
+    /// Readable once a reason is recorded.
+    pub fn event_fd(&self) -> &EventFd {
+        &self.evt
+    }
+
+    pub fn reason(&self) -> Option<VmExit> {
+        crate::lock(&self.reason).clone()
     }
 }
 
@@ -163,12 +175,20 @@ mod tests {
 
     #[test]
     fn first_reason_wins() {
-        let s = ExitSignal::default();
-        assert_eq!(s.wait_timeout(Some(Duration::from_millis(1))), None);
+        let s = ExitSignal::new().unwrap();
+        assert_eq!(s.reason(), None);
+        assert!(!s.is_set());
+        assert!(s.event_fd().read().is_err(), "not readable before a reason");
         s.trigger(VmExit::Crash(Crash::new(CrashKind::GuestPanic)));
         s.trigger(VmExit::Reboot);
+        assert!(s.is_set());
         assert_eq!(
-            s.wait_timeout(None),
+            s.event_fd().read().unwrap(),
+            1,
+            "written once, by the first reason"
+        );
+        assert_eq!(
+            s.reason(),
             Some(VmExit::Crash(Crash::new(CrashKind::GuestPanic)))
         );
     }

@@ -26,9 +26,11 @@ mod event_loop;
 mod exit;
 pub mod layout;
 mod loader;
+mod machine;
 mod memory;
 pub mod platform;
 mod signals;
+mod stdin;
 pub mod terminal;
 mod vcpu;
 mod virtio_devices;
@@ -41,6 +43,9 @@ pub use error::Error;
 pub use exit::{Crash, CrashKind, StopReason, VmExit};
 pub use loader::LoadError;
 pub use vm::Vm;
+
+#[doc(hidden)]
+pub use builder::inject_start_failure;
 
 /// Locks a mutex even if a panicking thread poisoned it: the data behind
 /// Ember's locks stays consistent at every await point.

@@ -25,7 +25,7 @@ const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot open {what} {path}: {source}")]
+    #[error("cannot open {what} {path}")]
     Open {
         what: &'static str,
         path: PathBuf,
@@ -38,13 +38,13 @@ pub enum LoadError {
     NotAFile { what: &'static str, path: PathBuf },
     #[error("kernel {path} is neither an ELF vmlinux nor a bzImage (no ELF magic, no \"HdrS\" at 0x202)")]
     UnknownFormat { path: PathBuf },
-    #[error("kernel {path}: bad ELF image: {source}")]
+    #[error("kernel {path}: bad ELF image")]
     Elf {
         path: PathBuf,
         #[source]
         source: linux_loader::loader::Error,
     },
-    #[error("kernel {path}: bad bzImage: {source}")]
+    #[error("kernel {path}: bad bzImage")]
     BzImage {
         path: PathBuf,
         #[source]
@@ -69,13 +69,13 @@ pub enum LoadError {
         kernel_end: u64,
         limit: u64,
     },
-    #[error("cannot read initrd {path}: {source}")]
+    #[error("cannot read initrd {path}")]
     ReadInitrd {
         path: PathBuf,
         #[source]
         source: vm_memory::GuestMemoryError,
     },
-    #[error("cannot write the command line: {0}")]
+    #[error("cannot write the command line")]
     Cmdline(#[source] linux_loader::loader::Error),
 }
 

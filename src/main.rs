@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(if e.is_usage() { 2 } else { 1 }, &e),
     };
     if let Err(e) = vm.stop_on_signals() {
-        vm.stop();
+        drop(vm);
         return fail(1, &e);
     }
     let exit = vm.wait();
@@ -50,13 +50,11 @@ fn exit_code(exit: &VmExit) -> u8 {
 
 fn fail(code: u8, e: &dyn std::error::Error) -> ExitCode {
     ember::terminal::restore_terminal();
+    // Each message says what failed; its source says why.
     let mut msg = format!("ember: {e}");
     let mut source = e.source();
     while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(&format!(": {text}"));
-        }
+        msg.push_str(&format!(": {s}"));
         source = s.source();
     }
     eprintln!("{msg}");

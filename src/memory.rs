@@ -10,13 +10,13 @@ use crate::layout::{MMIO_GAP_END, MMIO_GAP_START};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
-    #[error("cannot map {size} bytes of guest memory: {source}")]
+    #[error("cannot map {size} bytes of guest memory")]
     Map {
         size: u64,
         #[source]
         source: FromRangesError,
     },
-    #[error("KVM refused guest memory slot {slot} ({size:#x} bytes at {base:#x}): {source}")]
+    #[error("KVM refused guest memory slot {slot} ({size:#x} bytes at {base:#x})")]
     Slot {
         slot: u32,
         base: u64,

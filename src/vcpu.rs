@@ -1,11 +1,13 @@
 //! One thread per vCPU. `handle_exit` decides what each KVM exit means and
 //! is a plain function, testable without threads or KVM.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::Cell;
 use std::sync::{Arc, Once};
 
 use ember_devices::bus::Bus;
-use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{
+    kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -26,14 +28,21 @@ pub struct Buses {
 
 /// Maps one KVM exit to an action. Port and MMIO accesses go to the buses;
 /// accesses to unmapped addresses read as all ones and are otherwise ignored.
-pub fn handle_exit(exit: VcpuExit, buses: &Buses) -> VcpuAction {
+/// `pio_width` is the size of one port access: a string instruction
+/// (`rep insb`, `rep outsw`) arrives as one exit of `count` elements, which
+/// are dispatched one by one, as the CPU would.
+pub fn handle_exit(exit: VcpuExit, buses: &Buses, pio_width: usize) -> VcpuAction {
     match exit {
         VcpuExit::IoIn(port, data) => {
-            buses.pio.read(u64::from(port), data);
+            for element in data.chunks_mut(pio_width.max(1)) {
+                buses.pio.read(u64::from(port), element);
+            }
             VcpuAction::Resume
         }
         VcpuExit::IoOut(port, data) => {
-            buses.pio.write(u64::from(port), data);
+            for element in data.chunks(pio_width.max(1)) {
+                buses.pio.write(u64::from(port), element);
+            }
             VcpuAction::Resume
         }
         VcpuExit::MmioRead(addr, data) => {
@@ -62,19 +71,37 @@ fn crash(kind: CrashKind) -> VcpuAction {
     VcpuAction::Exit(VmExit::Crash(Crash::new(kind)))
 }
 
+thread_local! {
+    /// This thread's `kvm_run`, while it runs a vCPU: the kick handler sets
+    /// `immediate_exit` there, so a kick that lands just before KVM_RUN is
+    /// not lost (KVM returns EINTR at once instead of entering the guest).
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
 /// The signal that kicks a vCPU thread out of KVM_RUN.
 pub fn kick_signal() -> i32 {
     vmm_sys_util::signal::SIGRTMIN()
 }
 
-/// Installs the (empty) kick handler once per process: its only job is to
-/// make KVM_RUN return EINTR.
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Async-signal-safe: a const-initialised thread local with no
+    // destructor, and one byte written into this thread's own kvm_run.
+    let _ = KVM_RUN.try_with(|p| {
+        let run = p.get();
+        if !run.is_null() {
+            // SAFETY: the pointer is this thread's live kvm_run mapping; it
+            // is cleared before the VcpuFd (and the mapping) is dropped.
+            unsafe { std::ptr::write_volatile(&mut (*run).immediate_exit, 1) };
+        }
+    });
+}
+
+/// Installs the kick handler once per process.
 pub fn install_kick_handler() -> std::io::Result<()> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
     ONCE.call_once(|| {
-        extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-        result = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick)
+        result = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
             .map_err(|e| std::io::Error::from_raw_os_error(e.errno()));
     });
     result
@@ -103,18 +130,24 @@ fn describe_crash(vcpu: &VcpuFd, mem: &GuestMemoryMmap, crash: &mut Crash) {
     crash.code = code.to_vec();
 }
 
-/// Runs a vCPU until the VM ends or `stop` is set.
+/// Runs a vCPU until the VM's exit signal is set: by this vCPU (an exit
+/// that ends the VM, or a device line raised during its port write), by
+/// another thread, or by the owner stopping the VM (which then kicks it).
 pub fn run(
     mut vcpu: VcpuFd,
     cpu: u8,
     buses: Arc<Buses>,
     mem: GuestMemoryMmap,
     exit: Arc<ExitSignal>,
-    stop: Arc<AtomicBool>,
 ) {
-    while !stop.load(Ordering::Acquire) {
+    let run_ptr: *mut kvm_run = vcpu.get_kvm_run();
+    KVM_RUN.with(|p| p.set(run_ptr));
+    while !exit.is_set() {
         let action = match vcpu.run() {
-            Ok(e) => handle_exit(e, &buses),
+            Ok(e) => {
+                let width = pio_width(run_ptr);
+                handle_exit(e, &buses, width)
+            }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
                 continue;
@@ -134,9 +167,17 @@ pub fn run(
                 describe_crash(&vcpu, &mem, c);
             }
             exit.trigger(reason);
-            return;
         }
     }
+    KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+}
+
+/// The element size of the port access KVM_RUN last reported (read before
+/// the next run; only meaningful after an I/O exit).
+fn pio_width(run: *mut kvm_run) -> usize {
+    // SAFETY: `run` is this thread's live kvm_run mapping; `io` is plain
+    // data, and only read for I/O exits.
+    usize::from(unsafe { std::ptr::read_volatile(&(*run).__bindgen_anon_1.io.size) })
 }
 
 #[cfg(test)]
@@ -168,45 +209,75 @@ mod tests {
     fn port_io_goes_through_the_bus() {
         let b = buses();
         assert_eq!(
-            handle_exit(VcpuExit::IoOut(0x80, &[9]), &b),
+            handle_exit(VcpuExit::IoOut(0x80, &[9]), &b, 1),
             VcpuAction::Resume
         );
         let mut d = [0u8];
         assert_eq!(
-            handle_exit(VcpuExit::IoIn(0x80, &mut d), &b),
+            handle_exit(VcpuExit::IoIn(0x80, &mut d), &b, 1),
             VcpuAction::Resume
         );
         assert_eq!(d, [9]);
         let mut d = [0u8; 2];
-        handle_exit(VcpuExit::MmioRead(0xd000_0000, &mut d), &b);
+        handle_exit(VcpuExit::MmioRead(0xd000_0000, &mut d), &b, 1);
         assert_eq!(d, [0xff, 0xff], "unmapped MMIO reads as all ones");
+    }
+
+    #[test]
+    fn string_port_io_is_dispatched_element_by_element() {
+        struct Counter(u8);
+        impl BusDevice for Counter {
+            fn read(&mut self, _: u64, d: &mut [u8]) {
+                assert_eq!(d.len(), 1, "one element per access");
+                self.0 += 1;
+                d[0] = self.0;
+            }
+            fn write(&mut self, _: u64, d: &[u8]) {
+                assert_eq!(d.len(), 2);
+                self.0 = self.0.wrapping_add(d[0]);
+            }
+        }
+        let mut pio = Bus::new();
+        let dev = Arc::new(Mutex::new(Counter(0)));
+        pio.insert(0x3f8, 2, dev.clone()).unwrap();
+        let b = Buses {
+            pio,
+            mmio: Bus::new(),
+        };
+        // `rep insb` of 4 bytes: four 1-byte reads.
+        let mut d = [0u8; 4];
+        handle_exit(VcpuExit::IoIn(0x3f8, &mut d), &b, 1);
+        assert_eq!(d, [1, 2, 3, 4]);
+        // `rep outsw` of 2 words: two 2-byte writes.
+        handle_exit(VcpuExit::IoOut(0x3f8, &[1, 0, 2, 0]), &b, 2);
+        assert_eq!(dev.lock().unwrap().0, 7);
     }
 
     #[test]
     fn exits_map_to_vm_endings() {
         let b = buses();
         assert_eq!(
-            handle_exit(VcpuExit::Shutdown, &b),
+            handle_exit(VcpuExit::Shutdown, &b, 1),
             VcpuAction::Exit(VmExit::Crash(Crash::new(CrashKind::TripleFault)))
         );
         assert_eq!(
-            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]), &b),
+            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]), &b, 1),
             VcpuAction::Exit(VmExit::Poweroff)
         );
         assert_eq!(
-            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]), &b),
+            handle_exit(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]), &b, 1),
             VcpuAction::Exit(VmExit::Reboot)
         );
         assert!(matches!(
-            handle_exit(VcpuExit::InternalError, &b),
+            handle_exit(VcpuExit::InternalError, &b, 1),
             VcpuAction::Exit(VmExit::Crash(Crash {
                 kind: CrashKind::InternalError { .. },
                 ..
             }))
         ));
-        assert_eq!(handle_exit(VcpuExit::Hlt, &b), VcpuAction::Resume);
+        assert_eq!(handle_exit(VcpuExit::Hlt, &b, 1), VcpuAction::Resume);
         assert!(matches!(
-            handle_exit(VcpuExit::Debug(Default::default()), &b),
+            handle_exit(VcpuExit::Debug(Default::default()), &b, 1),
             VcpuAction::Exit(VmExit::Crash(Crash {
                 kind: CrashKind::UnexpectedExit(_),
                 ..

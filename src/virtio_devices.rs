@@ -8,9 +8,9 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use ember_devices::bus::Bus;
+use ember_devices::bus::{Bus, BusError};
 use ember_devices::virtio::block::{Block, BlockError};
-use ember_devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use ember_devices::virtio::mmio::{MmioTransport, TransportError, QUEUE_NOTIFY_OFFSET};
 use ember_devices::virtio::net::Net;
 use ember_devices::virtio::tap::{Tap, TapError};
 use ember_devices::virtio::VirtioDevice;
@@ -21,11 +21,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{DiskConfig, NetConfig};
 use crate::event_loop::{self, Manager};
-use crate::layout::{virtio_slot, VIRTIO_MMIO_SIZE};
+use crate::layout::VIRTIO_MMIO_SIZE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
-    #[error("--disk {path}: cannot open: {source}")]
+    #[error("--disk {path}: cannot open")]
     Open {
         path: PathBuf,
         #[source]
@@ -33,7 +33,7 @@ pub enum DiskError {
     },
     #[error("--disk {path}: not a regular file")]
     NotAFile { path: PathBuf },
-    #[error("--disk {path}: {source}")]
+    #[error("--disk {path}")]
     Block {
         path: PathBuf,
         #[source]
@@ -76,7 +76,7 @@ pub fn open_disks(disks: &[DiskConfig]) -> Result<Vec<Block>, DiskError> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("--net tap={tap}: {source}")]
+    #[error("--net tap={tap}")]
     Tap {
         tap: String,
         #[source]
@@ -119,15 +119,41 @@ fn random_mac() -> [u8; 6] {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    #[error("virtio device {index}: {what}: {source}")]
+    #[error("virtio device {index}: cannot {what}")]
     Kvm {
         index: usize,
         what: &'static str,
         #[source]
         source: kvm_ioctls::Error,
     },
-    #[error("virtio device {index}: {msg}")]
-    Setup { index: usize, msg: String },
+    #[error("virtio device {index}: cannot {what}")]
+    Host {
+        index: usize,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("virtio device {index}: cannot create its transport")]
+    Transport {
+        index: usize,
+        #[source]
+        source: TransportError,
+    },
+    #[error("virtio device {index}: cannot place its window on the MMIO bus")]
+    Bus {
+        index: usize,
+        #[source]
+        source: BusError,
+    },
+}
+
+/// Where a virtio device sits: its index, MMIO window and IRQ (allocated
+/// once by the builder, from `layout::virtio_slot`).
+#[derive(Debug, Clone, Copy)]
+pub struct Slot {
+    pub index: usize,
+    pub base: u64,
+    pub irq: u32,
 }
 
 /// Event data that marks the device's backend descriptor (a TAP).
@@ -179,26 +205,36 @@ impl MutEventSubscriber for QueueEvents {
     }
 }
 
-/// Attaches `device` as virtio device `index`; returns its MMIO base and IRQ.
+/// Attaches `device` in `slot`; returns its transport (for the machine to
+/// flush when the VM ends).
 pub fn attach(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     mmio: &mut Bus,
     manager: &mut Manager,
-    index: usize,
+    slot: Slot,
     device: Box<dyn VirtioDevice>,
-) -> Result<(u64, u32), AttachError> {
-    let (base, irq) = virtio_slot(index);
-    let setup = |msg: String| AttachError::Setup { index, msg };
-    let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| setup(e.to_string()))?;
-    vm.register_irqfd(&irq_evt, irq)
-        .map_err(|source| AttachError::Kvm {
+) -> Result<Arc<Mutex<MmioTransport>>, AttachError> {
+    let Slot { index, base, irq } = slot;
+    let kvm = |what| {
+        move |source| AttachError::Kvm {
             index,
-            what: "register the irqfd",
+            what,
             source,
-        })?;
-    let transport =
-        MmioTransport::new(device, mem.clone(), irq_evt).map_err(|e| setup(e.to_string()))?;
+        }
+    };
+    let host = |what| {
+        move |source| AttachError::Host {
+            index,
+            what,
+            source,
+        }
+    };
+    let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(host("create its irqfd"))?;
+    vm.register_irqfd(&irq_evt, irq)
+        .map_err(kvm("register its irqfd"))?;
+    let transport = MmioTransport::new(device, mem.clone(), irq_evt)
+        .map_err(|source| AttachError::Transport { index, source })?;
     let mut events = Vec::new();
     for (q, e) in transport.queue_events().iter().enumerate() {
         vm.register_ioevent(
@@ -206,27 +242,23 @@ pub fn attach(
             &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
             q as u32,
         )
-        .map_err(|source| AttachError::Kvm {
-            index,
-            what: "register a queue ioeventfd",
-            source,
-        })?;
-        events.push(e.try_clone().map_err(|e| setup(e.to_string()))?);
+        .map_err(kvm("register a queue ioeventfd"))?;
+        events.push(e.try_clone().map_err(host("clone a queue eventfd"))?);
     }
     let backend = transport.backend_fd();
     let transport = Arc::new(Mutex::new(transport));
     mmio.insert(base, VIRTIO_MMIO_SIZE, transport.clone())
-        .map_err(|e| setup(e.to_string()))?;
+        .map_err(|source| AttachError::Bus { index, source })?;
     event_loop::add(
         manager,
         QueueEvents {
-            transport,
+            transport: transport.clone(),
             events,
             backend,
             watching_backend: false,
         },
     );
-    Ok((base, irq))
+    Ok(transport)
 }
 
 #[cfg(test)]

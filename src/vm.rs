@@ -1,80 +1,54 @@
-//! A running VM: its threads, its exit reason, its console. Stopping or
-//! dropping it stops every vCPU, joins every thread, closes every fd and
-//! restores the terminal.
+//! A running VM, as a library user holds it: wait for it to end, stop it,
+//! script its console. Dropping it stops every vCPU, joins every thread,
+//! flushes the disks, closes every fd and restores the terminal.
 
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
-
-use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::signal::Killable;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::config::VmConfig;
-use crate::console::{Console, ConsoleShared, OutputPump};
+use crate::console::Console;
 use crate::error::Error;
 use crate::exit::{ExitSignal, StopReason, VmExit};
-use crate::terminal::RawMode;
-
-/// How long console output may take to drain when the VM ends.
-const OUTPUT_GRACE: Duration = Duration::from_secs(2);
-
-/// What the builder hands over.
-pub(crate) struct VmParts {
-    pub exit: Arc<ExitSignal>,
-    pub stop: Arc<AtomicBool>,
-    pub wake: EventFd,
-    pub stop_evt: EventFd,
-    pub vcpu_threads: Vec<JoinHandle<()>>,
-    pub event_thread: JoinHandle<()>,
-    pub console: Console,
-    pub console_shared: Arc<ConsoleShared>,
-    pub pumps: Vec<Arc<Mutex<OutputPump>>>,
-    pub raw_mode: Option<RawMode>,
-    // Held, never read: the VM lives as long as these, and they are
-    // dropped last, after every thread that uses them has been joined.
-    pub _vm_fd: VmFd,
-    pub _kvm: Kvm,
-    pub _memory: GuestMemoryMmap,
-}
+use crate::machine::Machine;
+use crate::signals::SignalWatch;
 
 /// A running microVM.
 pub struct Vm {
-    parts: Option<VmParts>,
+    machine: Option<Machine>,
+    exit: Arc<ExitSignal>,
+    console: Console,
     result: Option<VmExit>,
-    signals_routed: bool,
+    signals: Option<SignalWatch>,
 }
 
 impl Vm {
-    /// Validates `config`, builds the VM and starts its vCPUs.
+    /// Validates `config`, builds the VM and starts its vCPUs. On error
+    /// nothing is left running: every thread started is joined.
     pub fn start(config: &VmConfig) -> Result<Vm, Error> {
-        crate::builder::build(config)
-    }
-
-    pub(crate) fn from_parts(parts: VmParts) -> Self {
-        Self {
-            parts: Some(parts),
+        let mut machine = crate::builder::build(config)?;
+        Ok(Self {
+            exit: machine.exit().clone(),
+            console: machine.console().console(),
+            machine: Some(machine),
             result: None,
-            signals_routed: false,
-        }
+            signals: None,
+        })
     }
 
     /// The console handle (meaningful with `ConsoleMode::Scripted`).
     pub fn console(&self) -> Console {
-        match &self.parts {
-            Some(p) => p.console.clone(),
-            None => unreachable!("parts live until Drop"),
-        }
+        self.console.clone()
     }
 
     /// Blocks until the VM ends; then releases everything. Calling it again
     /// returns the same reason.
     pub fn wait(&mut self) -> VmExit {
-        self.wait_timeout(None)
-            .unwrap_or_else(|| VmExit::HostError("VM ended without a reason".into()))
+        loop {
+            if let Some(r) = self.wait_timeout(None) {
+                return r;
+            }
+        }
     }
 
     /// Like `wait`, giving up after `timeout` (None = forever); the VM keeps
@@ -83,64 +57,69 @@ impl Vm {
         if let Some(r) = &self.result {
             return Some(r.clone());
         }
-        let reason = self.parts.as_ref()?.exit.wait_timeout(timeout)?;
-        self.shutdown();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let reason = loop {
+            if let Some(r) = self.exit.reason() {
+                break r;
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return None;
+            }
+            let signal_fd = self.signals.as_ref().map(SignalWatch::fd);
+            wait_readable(self.exit.event_fd().as_raw_fd(), signal_fd, left);
+            if let Some(n) = self.signals.as_ref().and_then(SignalWatch::take) {
+                self.exit.trigger(VmExit::Stopped(StopReason::Signal(n)));
+            }
+        };
+        // Teardown: vCPUs kicked and joined, loop joined, disks flushed,
+        // console drained, terminal restored, descriptors closed.
+        self.machine = None;
         self.result = Some(reason.clone());
         Some(reason)
     }
 
     /// Stops the VM (if still running) and returns why it ended.
     pub fn stop(&mut self) -> VmExit {
-        if let Some(p) = &self.parts {
-            p.exit.trigger(VmExit::Stopped(StopReason::Requested));
-        }
+        self.exit.trigger(VmExit::Stopped(StopReason::Requested));
         self.wait()
     }
 
-    /// Makes SIGINT, SIGTERM and SIGHUP stop this VM (for a program that
-    /// runs one VM, like the CLI).
+    /// Makes SIGINT, SIGTERM and SIGHUP stop this VM while `wait` runs (for
+    /// a program that runs one VM, like the CLI). The signal is served by
+    /// the waiting thread itself, never by one of the VM's threads.
     pub fn stop_on_signals(&mut self) -> Result<(), Error> {
-        if let Some(p) = &self.parts {
-            crate::signals::stop_vm_on_signals(p.stop_evt.as_raw_fd())
-                .map_err(Error::host("install signal handlers"))?;
-            self.signals_routed = true;
-        }
+        self.signals =
+            Some(SignalWatch::install().map_err(Error::host("install signal handlers"))?);
         Ok(())
     }
+}
 
-    fn shutdown(&mut self) {
-        let Some(p) = self.parts.as_mut() else { return };
-        if std::mem::take(&mut self.signals_routed) {
-            crate::signals::forget_stop_fd();
-        }
-        p.stop.store(true, Ordering::Release);
-        let _ = p.wake.write(1);
-        let kick = crate::vcpu::kick_signal();
-        for t in p.vcpu_threads.drain(..) {
-            // Kick until the thread notices: a kick that lands just before
-            // it enters KVM_RUN would otherwise be lost.
-            while !t.is_finished() {
-                let _ = t.kill(kick);
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            let _ = t.join();
-        }
-        p.console_shared.mark_ended();
-        for pump in &p.pumps {
-            crate::lock(pump).finish(OUTPUT_GRACE);
-        }
-        p.raw_mode = None;
-    }
+/// Waits until `a` or `b` is readable, or `timeout` passes.
+fn wait_readable(a: RawFd, b: Option<RawFd>, timeout: Option<Duration>) {
+    let mut fds = [
+        libc::pollfd {
+            fd: a,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: b.unwrap_or(-1),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let ms = timeout.map_or(-1, |t| t.as_millis().clamp(1, i32::MAX as u128) as i32);
+    // SAFETY: two valid pollfd entries; a negative fd is ignored by poll.
+    unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if self.result.is_none() {
-            self.stop();
-        }
-        if let Some(p) = self.parts.take() {
-            // The event loop only ends once `stop` is set and it was woken.
-            let _ = p.event_thread.join();
-        }
+        // Machine::drop stops the VM if it still runs; the signal routing
+        // ends after it, so a signal during teardown is not lost to a
+        // default action mid-flush.
+        self.machine = None;
+        self.signals = None;
     }
 }

@@ -326,7 +326,7 @@ fn a_busy_tap_is_a_startup_error_naming_the_interface() {
     let first = Vm::start(&config).unwrap();
     let err = Vm::start(&config).err().expect("the TAP is taken");
     assert!(err.is_usage(), "{err}");
-    let msg = err.to_string();
+    let msg = error_chain(&err);
     assert!(msg.contains("tap=embtap0") && msg.contains("busy"), "{msg}");
     drop(first);
     // Released with the first VM: attachable again.

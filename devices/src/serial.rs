@@ -28,8 +28,8 @@ impl Trigger for IrqLine {
     }
 }
 
-/// What the UART tells the VMM: the receive FIFO drained (room for more
-/// input), and counts of lost output.
+/// What the UART tells the VMM: the receive FIFO drained or left loopback
+/// mode (room for more input), and counts of lost output.
 pub struct SerialSignals {
     rx_drained: EventFd,
     tx_lost: AtomicU64,
@@ -47,6 +47,10 @@ impl SerialEvents for SerialSignals {
         }
     }
 }
+
+/// Modem control register offset and its loopback bit.
+const MCR: u64 = 4;
+const MCR_LOOP: u8 = 0x10;
 
 /// COM1 as a bus device: offsets 0..8 are the 8250 registers.
 pub struct SerialDevice<W: Write + Send> {
@@ -123,10 +127,16 @@ impl<W: Write + Send> BusDevice for SerialDevice<W> {
         if !self.width_ok(data.len()) || offset > 7 {
             return;
         }
+        let was_loopback = offset == MCR && self.uart.read(MCR as u8) & MCR_LOOP != 0;
         // An output error is already counted through tx_lost_byte; the
         // guest must never stall on a slow or closed console.
         if let Err(e) = self.uart.write(offset as u8, data[0]) {
             log::debug!("serial: write to register {offset}: {e}");
+        }
+        // The FIFO refuses host input in loopback mode; leaving it means
+        // input is wanted again, even though the FIFO did not drain.
+        if was_loopback && self.uart.read(MCR as u8) & MCR_LOOP == 0 {
+            self.signals.in_buffer_empty();
         }
     }
 }
@@ -179,6 +189,19 @@ mod tests {
         assert_eq!(read(&mut dev, LSR) & 1, 0, "FIFO empty");
         assert_eq!(drained.read().unwrap(), 1);
         assert_eq!(dev.rx_space(), 64);
+    }
+
+    #[test]
+    fn loopback_refuses_input_and_leaving_it_asks_for_more() {
+        let (mut dev, _, drained) = device(io::sink());
+        dev.write(MCR, &[MCR_LOOP]);
+        assert_eq!(dev.push_input(b"abc"), 0, "loopback takes no host input");
+        assert!(drained.read().is_err());
+        dev.write(MCR, &[0]);
+        assert_eq!(drained.read().unwrap(), 1, "input wanted again");
+        assert_eq!(dev.push_input(b"abc"), 3);
+        dev.write(MCR, &[0x03]);
+        assert!(drained.read().is_err(), "no loopback change, no signal");
     }
 
     struct Closed;

@@ -32,7 +32,7 @@ const HYPERVISOR_ID: u64 = u64::from_le_bytes(*b"EMBERVMM");
 pub enum AcpiError {
     #[error("ACPI tables need {size:#x} bytes, more than the {room:#x} reserved for them")]
     TooLarge { size: u64, room: u64 },
-    #[error("cannot write ACPI tables: {0}")]
+    #[error("cannot write ACPI tables")]
     Write(#[from] GuestMemoryError),
 }
 

@@ -25,7 +25,7 @@ const LOADED_HIGH: u8 = 1;
 pub enum BootParamsError {
     #[error("too many e820 entries ({0}, the zero page holds 128)")]
     TooManyE820Entries(usize),
-    #[error("cannot write boot_params to guest memory: {0}")]
+    #[error("cannot write boot_params to guest memory")]
     Write(#[source] linux_loader::configurator::Error),
 }
 

@@ -21,9 +21,9 @@ const MTRR_ENABLE_WB: u64 = (1 << 11) | 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MsrError {
-    #[error("cannot build the MSR list: {0}")]
+    #[error("cannot build the MSR list")]
     List(String),
-    #[error("cannot set boot MSRs of vCPU {cpu}: {source}")]
+    #[error("cannot set boot MSRs of vCPU {cpu}")]
     Set {
         cpu: u8,
         #[source]

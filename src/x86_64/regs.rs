@@ -27,14 +27,14 @@ const APIC_MODE_EXTINT: u32 = 0x7;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegsError {
-    #[error("cannot {what} of vCPU {cpu}: {source}")]
+    #[error("cannot {what} of vCPU {cpu}")]
     Kvm {
         what: &'static str,
         cpu: u8,
         #[source]
         source: kvm_ioctls::Error,
     },
-    #[error("cannot write boot tables to guest memory: {0}")]
+    #[error("cannot write boot tables to guest memory")]
     Memory(#[from] GuestMemoryError),
 }
 

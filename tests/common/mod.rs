@@ -166,3 +166,14 @@ pub fn run_ember_with_stdin(args: &[&str], stdin: Stdio, limit: Duration) -> Out
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// An error with its sources, as the CLI prints it ("what: why: why").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    msg
+}

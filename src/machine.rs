@@ -1,0 +1,150 @@
+//! The one owner of a started VM: its vCPU threads, its event loop, its
+//! devices, its console and the KVM descriptors and guest memory under them.
+//! The builder fills it in step by step, so a start that fails half-way
+//! drops a partial machine, whose `Drop` stops and joins what was started.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ember_devices::virtio::mmio::MmioTransport;
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::signal::Killable;
+
+use crate::console::ConsoleHost;
+use crate::event_loop::{EventLoop, Manager};
+use crate::exit::{ExitSignal, StopReason, VmExit};
+use crate::vcpu::{self, Buses};
+
+/// How long a vCPU thread may take to notice a kick before Ember kicks again.
+const KICK_RETRY: Duration = Duration::from_millis(20);
+
+/// One vCPU thread. Dropping it ends the VM (if nothing ended it yet),
+/// kicks the thread out of KVM_RUN and joins it.
+struct VcpuThread {
+    exit: Arc<ExitSignal>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for VcpuThread {
+    fn drop(&mut self) {
+        let Some(t) = self.thread.take() else { return };
+        self.exit.trigger(VmExit::Stopped(StopReason::Requested));
+        // One kick is enough: the handler sets `immediate_exit`, so even a
+        // kick that lands just before KVM_RUN makes it return at once. The
+        // retry only guards against a signal lost to something outside Ember.
+        let mut last_kick: Option<Instant> = None;
+        while !t.is_finished() {
+            if last_kick.is_none_or(|k| k.elapsed() >= KICK_RETRY) {
+                if last_kick.is_some() {
+                    log::debug!("vCPU thread did not stop after a kick; kicking again");
+                }
+                let _ = t.kill(vcpu::kick_signal());
+                last_kick = Some(Instant::now());
+            }
+            std::thread::yield_now();
+        }
+        let _ = t.join();
+    }
+}
+
+pub(crate) struct Machine {
+    exit: Arc<ExitSignal>,
+    // Stopped in this order by Drop: nothing runs the guest, then nothing
+    // serves its devices, then the devices flush, then the console drains.
+    vcpus: Vec<VcpuThread>,
+    event_loop: Option<EventLoop>,
+    devices: Vec<Arc<Mutex<MmioTransport>>>,
+    console: ConsoleHost,
+    // Dropped last, after every thread that used them has been joined.
+    vm_fd: VmFd,
+    kvm: Kvm,
+    memory: GuestMemoryMmap,
+}
+
+impl Machine {
+    pub(crate) fn new(
+        kvm: Kvm,
+        vm_fd: VmFd,
+        memory: GuestMemoryMmap,
+        exit: Arc<ExitSignal>,
+        console: ConsoleHost,
+    ) -> Self {
+        Self {
+            exit,
+            vcpus: Vec::new(),
+            event_loop: None,
+            devices: Vec::new(),
+            console,
+            vm_fd,
+            kvm,
+            memory,
+        }
+    }
+
+    pub(crate) fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    pub(crate) fn vm_fd(&self) -> &VmFd {
+        &self.vm_fd
+    }
+
+    pub(crate) fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    pub(crate) fn exit(&self) -> &Arc<ExitSignal> {
+        &self.exit
+    }
+
+    pub(crate) fn console(&mut self) -> &mut ConsoleHost {
+        &mut self.console
+    }
+
+    /// A virtio transport to flush when the VM ends.
+    pub(crate) fn add_device(&mut self, device: Arc<Mutex<MmioTransport>>) {
+        self.devices.push(device);
+    }
+
+    pub(crate) fn start_event_loop(&mut self, manager: Manager) -> std::io::Result<()> {
+        self.event_loop = Some(EventLoop::spawn(manager, self.exit.clone())?);
+        Ok(())
+    }
+
+    /// Starts vCPU `cpu` on a thread of its own.
+    pub(crate) fn spawn_vcpu(
+        &mut self,
+        cpu: u8,
+        fd: VcpuFd,
+        buses: Arc<Buses>,
+    ) -> std::io::Result<()> {
+        let (mem, exit) = (self.memory.clone(), self.exit.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("ember-vcpu{cpu}"))
+            .spawn(move || vcpu::run(fd, cpu, buses, mem, exit))?;
+        self.vcpus.push(VcpuThread {
+            exit: self.exit.clone(),
+            thread: Some(thread),
+        });
+        Ok(())
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.exit.trigger(VmExit::Stopped(StopReason::Requested));
+        // Kick every vCPU first, then join: they stop in parallel.
+        for v in &self.vcpus {
+            if let Some(t) = &v.thread {
+                let _ = t.kill(vcpu::kick_signal());
+            }
+        }
+        self.vcpus.clear();
+        self.event_loop = None;
+        self.devices.clear();
+        // The console (output drain, terminal restore) and then the KVM
+        // descriptors and memory go with the fields.
+    }
+}
