@@ -20,10 +20,9 @@ fn count_entries(dir: &str) -> usize {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
 fn several_vms_in_one_process_and_drop_releases_threads_and_fds() {
-    if !kvm_available("several_vms_in_one_process_and_drop_releases_threads_and_fds") {
-        return;
-    }
+    require_kvm();
     let elf = guest("many", "idle.S");
     let mut config = VmConfig::new(&elf);
     config.memory = 8 << 20;

@@ -4,20 +4,15 @@
 mod common;
 
 use common::kit::*;
-use common::kvm_available;
+use common::require_kvm;
 use ember::VmExit;
 
 #[test]
+#[ignore = "needs /dev/kvm and the guest kit; make test runs it"]
 fn kit_boots_with_2_cpus_answers_and_powers_off() {
-    if !kvm_available("kit_boots_with_2_cpus_answers_and_powers_off") {
-        return;
-    }
-    let Some((mut vm, console)) = boot(2, 384 << 20, "console=ttyS0") else {
-        return;
-    };
-    let ready = console
-        .wait_for(r"ember-kit: ready cpus=(\d+) mem_kb=(\d+)\r?\n", BOOT)
-        .unwrap_or_else(|e| panic!("boot: {e}\ntranscript:\n{}", console.transcript()));
+    require_kvm();
+    let (mut vm, console, _slot) = boot(2, 384 << 20, "console=ttyS0");
+    let ready = wait_boot(&console, r"ember-kit: ready cpus=(\d+) mem_kb=(\d+)\r?\n");
     assert_eq!(ready[1], "2", "CPUs seen by the guest");
     let mem_kb: u64 = ready[2].parse().unwrap();
     // MemTotal is RAM minus what the kernel keeps for itself.
@@ -37,33 +32,26 @@ fn kit_boots_with_2_cpus_answers_and_powers_off() {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm and the guest kit; make test runs it"]
 fn kit_reboot_ends_ember_cleanly() {
-    if !kvm_available("kit_reboot_ends_ember_cleanly") {
-        return;
-    }
-    let Some((mut vm, console)) = boot(1, 256 << 20, "console=ttyS0") else {
-        return;
-    };
-    console
-        .wait_for(PROMPT, BOOT)
-        .unwrap_or_else(|e| panic!("boot: {e}\ntranscript:\n{}", console.transcript()));
+    require_kvm();
+    let (mut vm, console, _slot) = boot(1, 256 << 20, "console=ttyS0");
+    wait_boot(&console, PROMPT);
     console.send_line("reboot").unwrap();
     assert_eq!(vm.wait(), VmExit::Reboot, "{}", console.transcript());
 }
 
 #[test]
+#[ignore = "needs /dev/kvm and the guest kit; make test runs it"]
 fn kit_kernel_panic_is_reported_as_a_guest_panic() {
-    if !kvm_available("kit_kernel_panic_is_reported_as_a_guest_panic") {
-        return;
-    }
+    require_kvm();
     // init exits at once: "Attempted to kill init!", a panic that pvpanic
     // reports before panic=-1 resets the VM.
-    let Some((mut vm, console)) = boot(1, 256 << 20, "console=ttyS0 rdinit=/bin/false") else {
-        return;
-    };
-    match vm.wait() {
-        VmExit::Crash(c) => assert_eq!(c.kind, ember::CrashKind::GuestPanic),
-        other => panic!(
+    let (mut vm, console, _slot) = boot(1, 256 << 20, "console=ttyS0 rdinit=/bin/false");
+    match vm.wait_timeout(Some(BOOT)) {
+        None => panic!("no panic within {BOOT:?}:\n{}", console.transcript()),
+        Some(VmExit::Crash(c)) => assert_eq!(c.kind, ember::CrashKind::GuestPanic),
+        Some(other) => panic!(
             "expected a guest panic, got {other}\n{}",
             console.transcript()
         ),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::kit::*;
-use common::{kvm_available, scratch};
+use common::{require_kvm, scratch};
 use ember::{DiskConfig, VmExit};
 
 fn tool(cmd: &mut Command) -> String {
@@ -55,10 +55,9 @@ fn md5(data: &[u8]) -> String {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm and the guest kit; make test runs it"]
 fn guest_uses_an_ext4_disk_and_a_read_only_disk() {
-    if !kvm_available("guest_uses_an_ext4_disk_and_a_read_only_disk") {
-        return;
-    }
+    require_kvm();
     let dir = scratch("linux_disks");
     let (rw, known) = ext4_image(&dir, "rw.ext4");
     let (ro, _) = ext4_image(&dir, "ro.ext4");
@@ -73,12 +72,8 @@ fn guest_uses_an_ext4_disk_and_a_read_only_disk() {
             read_only: true,
         },
     ];
-    let Some((mut vm, console)) = boot_with(1, 256 << 20, "console=ttyS0", disks) else {
-        return;
-    };
-    console
-        .wait_for(PROMPT, BOOT)
-        .unwrap_or_else(|e| panic!("boot: {e}\n{}", console.transcript()));
+    let (mut vm, console, _slot) = boot_with(1, 256 << 20, "console=ttyS0", disks);
+    wait_boot(&console, PROMPT);
 
     assert_eq!(
         run(&console, "cat /sys/block/vda/ro /sys/block/vdb/ro"),

@@ -5,30 +5,24 @@
 mod common;
 
 use common::kit::*;
-use common::kvm_available;
 use common::netns::{Netns, HOST_IP, TAP};
+use common::require_kvm;
 use ember::{NetConfig, VmExit};
 
 const GUEST_IP: &str = "10.0.2.15";
 
 #[test]
+#[ignore = "needs /dev/kvm and the guest kit; make test runs it"]
 fn guest_pings_the_host_and_moves_1_mib_each_way_over_tcp() {
-    if !kvm_available("guest_pings_the_host_and_moves_1_mib_each_way_over_tcp") {
-        return;
-    }
-    let Some(_) = kit() else { return };
+    require_kvm();
     let ns = Netns::new("net");
     ns.enter();
     let nets = vec![NetConfig {
         tap: TAP.into(),
         mac: Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
     }];
-    let Some((mut vm, console)) = boot_net(nets) else {
-        return;
-    };
-    console
-        .wait_for(PROMPT, BOOT)
-        .unwrap_or_else(|e| panic!("boot: {e}\n{}", console.transcript()));
+    let (mut vm, console, _slot) = boot_net(nets);
+    wait_boot(&console, PROMPT);
 
     run(&console, &format!("ip addr add {GUEST_IP}/24 dev eth0"));
     run(&console, "ip link set eth0 up");

@@ -106,10 +106,9 @@ fn idle_guest(test: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
 fn ctrl_a_x_quits_with_0_and_restores_the_terminal() {
-    if !kvm_available("ctrl_a_x_quits_with_0_and_restores_the_terminal") {
-        return;
-    }
+    require_kvm();
     let kernel = idle_guest("tty_quit");
     let mut pty = open_pty();
     let before = termios(&pty.slave);
@@ -138,10 +137,9 @@ fn ctrl_a_x_quits_with_0_and_restores_the_terminal() {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
 fn sigterm_exits_143_and_restores_the_terminal() {
-    if !kvm_available("sigterm_exits_143_and_restores_the_terminal") {
-        return;
-    }
+    require_kvm();
     let kernel = idle_guest("tty_sigterm");
     let mut pty = open_pty();
     let before = termios(&pty.slave);

@@ -19,10 +19,9 @@ fn guest(test: &str, file: &str) -> std::path::PathBuf {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
 fn serial_output_reaches_stdout_and_i8042_reset_exits_0() {
-    if !kvm_available("serial_output_reaches_stdout_and_i8042_reset_exits_0") {
-        return;
-    }
+    require_kvm();
     let elf = guest("hello", "hello.S");
     let out = run_ember(&["--kernel", elf.to_str().unwrap()], LIMIT);
     assert_eq!(text(&out.stdout), "Hello from a tiny guest\n");
@@ -30,10 +29,9 @@ fn serial_output_reaches_stdout_and_i8042_reset_exits_0() {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
 fn bzimage_64bit_entry_works() {
-    if !kvm_available("bzimage_64bit_entry_works") {
-        return;
-    }
+    require_kvm();
     let dir = scratch("bzimage");
     let body = format!(
         "{PRELUDE}\n        .text\n        .globl _start\n        .org 0x200\n{}",
@@ -56,10 +54,9 @@ fn bzimage_64bit_entry_works() {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
 fn triple_fault_is_a_crash_with_exit_3_and_a_diagnosis() {
-    if !kvm_available("triple_fault_is_a_crash_with_exit_3_and_a_diagnosis") {
-        return;
-    }
+    require_kvm();
     let elf = guest("triple", "triple_fault.S");
     let out = run_ember(&["--kernel", elf.to_str().unwrap()], LIMIT);
     assert_eq!(text(&out.stdout), "about to triple fault\n");
@@ -70,10 +67,9 @@ fn triple_fault_is_a_crash_with_exit_3_and_a_diagnosis() {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
 fn an_instruction_the_host_cannot_run_is_a_crash_naming_rip_and_bytes() {
-    if !kvm_available("an_instruction_the_host_cannot_run_is_a_crash_naming_rip_and_bytes") {
-        return;
-    }
+    require_kvm();
     let elf = guest("ud2", "bad_instruction.S");
     let out = run_ember(&["--kernel", elf.to_str().unwrap()], LIMIT);
     assert_eq!(out.status.code(), Some(3));
@@ -88,10 +84,9 @@ fn an_instruction_the_host_cannot_run_is_a_crash_naming_rip_and_bytes() {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
 fn all_vcpus_run() {
-    if !kvm_available("all_vcpus_run") {
-        return;
-    }
+    require_kvm();
     let dir = scratch("smp");
     let body =
         std::fs::read_to_string(format!("{}/tests/guests/smp.S", env!("CARGO_MANIFEST_DIR")))
@@ -129,10 +124,9 @@ fn e820_lines(stdout: &str) -> Vec<(u64, u64, u64)> {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
 fn guest_reads_back_cmdline_and_e820_from_boot_params() {
-    if !kvm_available("guest_reads_back_cmdline_and_e820_from_boot_params") {
-        return;
-    }
+    require_kvm();
     let elf = guest("bootparams", "bootparams.S");
     let out = run_ember(
         &[
@@ -169,10 +163,9 @@ fn guest_reads_back_cmdline_and_e820_from_boot_params() {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
 fn piped_input_reaches_the_guest() {
-    if !kvm_available("piped_input_reaches_the_guest") {
-        return;
-    }
+    require_kvm();
     let elf = guest("echo_pipe", "echo.S");
     let mut child = Command::new(ember_bin())
         .args(["run", "--kernel", elf.to_str().unwrap()])
@@ -199,10 +192,9 @@ fn piped_input_reaches_the_guest() {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
 fn library_console_scripts_the_guest() {
-    if !kvm_available("library_console_scripts_the_guest") {
-        return;
-    }
+    require_kvm();
     let elf = guest("echo_lib", "echo.S");
     let mut config = VmConfig::new(elf);
     config.console = ConsoleMode::Scripted { echo: false };
@@ -225,10 +217,9 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
 fn a_100mb_stdin_flood_does_not_grow_memory_and_sigterm_exits_143() {
-    if !kvm_available("a_100mb_stdin_flood_does_not_grow_memory_and_sigterm_exits_143") {
-        return;
-    }
+    require_kvm();
     let elf = guest("flood", "idle.S");
     let mut child = Command::new(ember_bin())
         .args(["run", "--kernel", elf.to_str().unwrap(), "--memory", "16M"])
@@ -274,10 +265,9 @@ fn a_100mb_stdin_flood_does_not_grow_memory_and_sigterm_exits_143() {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
 fn stop_ends_a_running_vm_and_wait_returns_the_reason() {
-    if !kvm_available("stop_ends_a_running_vm_and_wait_returns_the_reason") {
-        return;
-    }
+    require_kvm();
     let elf = guest("stop", "idle.S");
     let mut config = VmConfig::new(elf);
     config.console = ConsoleMode::Scripted { echo: false };
@@ -291,10 +281,9 @@ fn stop_ends_a_running_vm_and_wait_returns_the_reason() {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
 fn library_reports_a_triple_fault_as_a_crash() {
-    if !kvm_available("library_reports_a_triple_fault_as_a_crash") {
-        return;
-    }
+    require_kvm();
     let elf = guest("triple_lib", "triple_fault.S");
     let mut config = VmConfig::new(elf);
     config.console = ConsoleMode::Scripted { echo: false };
@@ -310,10 +299,9 @@ fn library_reports_a_triple_fault_as_a_crash() {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
 fn a_busy_tap_is_a_startup_error_naming_the_interface() {
-    if !kvm_available("a_busy_tap_is_a_startup_error_naming_the_interface") {
-        return;
-    }
+    require_kvm();
     let ns = common::netns::Netns::new("busy");
     ns.enter();
     let elf = guest("busy_tap", "idle.S");

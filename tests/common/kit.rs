@@ -1,35 +1,64 @@
 //! Booting the guest kit and scripting its shell (tier-3 tests).
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ember::{Console, ConsoleMode, DiskConfig, NetConfig, Vm, VmConfig};
 
-/// Generous: a boot takes ~1 minute on an emulating host, ~1 s on hardware,
-/// and the two boots of this file run side by side on 2 cores.
+/// Generous: a boot takes ~1 minute on an emulating host, ~1 s on hardware;
+/// boots never outnumber the cores (see `BootSlot`), so this is per boot.
 pub const BOOT: Duration = Duration::from_secs(600);
 pub const COMMAND: Duration = Duration::from_secs(120);
 pub const PROMPT: &str = r"ember:[^\n]*# (?:\x1b\[6n)?$";
 
-pub fn kit() -> Option<(PathBuf, PathBuf)> {
+/// The kit, or a failure saying how to build it: a kit test that is run
+/// (they are `#[ignore]`d; `make test` builds the kit and runs them) never
+/// passes without booting.
+pub fn kit() -> (PathBuf, PathBuf) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/guest");
     let (kernel, initrd) = (dir.join("vmlinux"), dir.join("initramfs.cpio.gz"));
-    if kernel.exists() && initrd.exists() {
-        return Some((kernel, initrd));
-    }
-    if std::env::var("EMBER_REQUIRE_KVM").as_deref() == Ok("1") {
-        panic!("the guest kit is not built: run `make guest`");
-    }
-    eprintln!("SKIPPED: the guest kit is not built (make guest)");
-    None
+    assert!(
+        kernel.exists() && initrd.exists(),
+        "the guest kit is not built: run `make guest`"
+    );
+    (kernel, initrd)
 }
 
-pub fn boot(cpus: u8, memory: u64, cmdline: &str) -> Option<(Vm, Console)> {
+/// One of at most as many concurrent Linux boots as there are cores, across
+/// every test process on the machine (an flock on one of N lock files):
+/// more would only make every boot slower than its timeout.
+pub struct BootSlot(#[allow(dead_code)] File);
+
+impl BootSlot {
+    pub fn acquire() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let dir = std::env::temp_dir();
+        let waited = Instant::now();
+        loop {
+            for i in 0..cores {
+                let f = File::create(dir.join(format!("ember-linux-boot.{i}.lock")))
+                    .expect("create a boot slot lock file");
+                // SAFETY: flock on a descriptor owned by `f`.
+                if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                    if waited.elapsed() > Duration::from_secs(1) {
+                        eprintln!("waited {:?} for a Linux boot slot", waited.elapsed());
+                    }
+                    return BootSlot(f);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+pub fn boot(cpus: u8, memory: u64, cmdline: &str) -> (Vm, Console, BootSlot) {
     boot_with(cpus, memory, cmdline, Vec::new())
 }
 
 /// Boots the kit (1 vCPU, 256M) with network interfaces.
-pub fn boot_net(nets: Vec<NetConfig>) -> Option<(Vm, Console)> {
+pub fn boot_net(nets: Vec<NetConfig>) -> (Vm, Console, BootSlot) {
     boot_config(1, 256 << 20, "console=ttyS0", Vec::new(), nets)
 }
 
@@ -39,7 +68,7 @@ pub fn boot_with(
     memory: u64,
     cmdline: &str,
     disks: Vec<DiskConfig>,
-) -> Option<(Vm, Console)> {
+) -> (Vm, Console, BootSlot) {
     boot_config(cpus, memory, cmdline, disks, Vec::new())
 }
 
@@ -49,13 +78,15 @@ fn boot_config(
     cmdline: &str,
     disks: Vec<DiskConfig>,
     nets: Vec<NetConfig>,
-) -> Option<(Vm, Console)> {
-    let (kernel, initrd) = kit()?;
+) -> (Vm, Console, BootSlot) {
+    let (kernel, initrd) = kit();
+    let slot = BootSlot::acquire();
     let mut config = VmConfig::new(kernel);
     config.initrd = Some(initrd);
     config.cpus = cpus;
     config.memory = memory;
-    config.cmdline = cmdline.to_string();
+    // Kernel timestamps let a timeout say how far the boot got.
+    config.cmdline = format!("{cmdline} printk.time=1");
     config.disks = disks;
     config.nets = nets;
     config.console = ConsoleMode::Scripted {
@@ -63,7 +94,29 @@ fn boot_config(
     };
     let vm = Vm::start(&config).expect("start the kit VM");
     let console = vm.console();
-    Some((vm, console))
+    (vm, console, slot)
+}
+
+/// Waits for `pattern` during a boot; on a timeout, fails with how far the
+/// guest got (its last kernel timestamp and last lines), so a slow machine
+/// can be told from a hang.
+pub fn wait_boot(console: &Console, pattern: &str) -> Vec<String> {
+    let started = Instant::now();
+    console.wait_for(pattern, BOOT).unwrap_or_else(|e| {
+        let transcript = console.transcript();
+        let last_stamp = transcript
+            .rsplit_once('[')
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map_or("none", |(stamp, _)| stamp.trim());
+        let tail: Vec<&str> = transcript.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "boot: {pattern:?} not seen after {:?} of wall time; the guest's last kernel \
+             timestamp was [{last_stamp}] s\n{e}\nlast lines:\n{}",
+            started.elapsed(),
+            tail.join("\n")
+        )
+    })
 }
 
 /// Runs `cmd` at the prompt and returns what it printed.

@@ -24,6 +24,7 @@ pub struct Netns(String);
 
 impl Netns {
     pub fn new(tag: &str) -> Self {
+        super::require_root();
         let name = format!("ember-{tag}-{}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         ip(&["netns", "add", &name]);
