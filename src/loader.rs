@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use linux_loader::bootparam::setup_header;
@@ -77,6 +78,26 @@ pub enum LoadError {
     },
     #[error("cannot write the command line")]
     Cmdline(#[source] linux_loader::loader::Error),
+    #[error("kernel {path}: ELF segment {index} loads at {paddr:#x}, below 1 MiB, where Ember puts the zero page and boot tables")]
+    SegmentBelow1M {
+        path: PathBuf,
+        index: usize,
+        paddr: u64,
+    },
+    #[error("kernel {path}: ELF segment {index} has {filesz:#x} bytes in the file but only {memsz:#x} in memory")]
+    SegmentFileExceedsMemory {
+        path: PathBuf,
+        index: usize,
+        filesz: u64,
+        memsz: u64,
+    },
+    #[error("kernel {path}: the bzImage needs {init_size:#x} bytes from {runtime_start:#x} to decompress and run (init_size), beyond the {low_end:#x} bytes of low guest memory (raise --memory)")]
+    InitSizeTooLarge {
+        path: PathBuf,
+        init_size: u64,
+        runtime_start: u64,
+        low_end: u64,
+    },
 }
 
 /// Where the kernel went and how to enter it.
@@ -103,7 +124,13 @@ fn open_file(what: &'static str, path: &Path) -> Result<(File, u64), LoadError> 
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(open)?;
+    // O_NONBLOCK: opening a FIFO must fail the check below, not wait for a
+    // writer (it has no effect on the regular file that passes it).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(open)?;
     let meta = file.metadata().map_err(open)?;
     if !meta.is_file() {
         return Err(LoadError::NotAFile {
@@ -133,6 +160,7 @@ pub fn load_kernel(
     let (mut file, _) = open_file("kernel", path)?;
     let mut magic = [0u8; 4];
     let kernel = if read_at(&mut file, 0, &mut magic) && &magic == ELF_MAGIC {
+        check_elf_segments(&mut file, path)?;
         let r =
             Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|source| {
                 LoadError::Elf {
@@ -160,9 +188,10 @@ pub fn load_kernel(
                 version: hdr.version,
             });
         }
+        let end = bzimage_reserved_end(path, &hdr, r.kernel_load.0, r.kernel_end, low_end)?;
         LoadedKernel {
             entry: GuestAddress(r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET),
-            end: r.kernel_end,
+            end,
             setup_header: Some(hdr),
         }
     } else {
@@ -178,6 +207,85 @@ pub fn load_kernel(
         });
     }
     Ok(kernel)
+}
+
+/// Refuses ELF load segments that would land below 1 MiB (where the zero
+/// page, GDT, page tables and ACPI tables are written after the kernel,
+/// silently overwriting it) or that claim more file bytes than memory.
+/// Headers it cannot read are left for linux-loader to report.
+fn check_elf_segments(file: &mut File, path: &Path) -> Result<(), LoadError> {
+    use linux_loader::elf::{Elf64_Ehdr, Elf64_Phdr, PT_LOAD};
+    use vm_memory::ByteValued;
+    let mut ehdr = Elf64_Ehdr::default();
+    if !read_at(file, 0, ehdr.as_mut_slice()) {
+        return Ok(());
+    }
+    let entry_size = std::mem::size_of::<Elf64_Phdr>() as u64;
+    for index in 0..usize::from(ehdr.e_phnum) {
+        let mut ph = Elf64_Phdr::default();
+        let offset = (index as u64)
+            .checked_mul(entry_size)
+            .and_then(|o| o.checked_add(ehdr.e_phoff));
+        if !offset.is_some_and(|o| read_at(file, o, ph.as_mut_slice())) {
+            return Ok(());
+        }
+        if ph.p_type != PT_LOAD || (ph.p_filesz == 0 && ph.p_memsz == 0) {
+            continue;
+        }
+        if ph.p_filesz > ph.p_memsz {
+            return Err(LoadError::SegmentFileExceedsMemory {
+                path: path.to_path_buf(),
+                index,
+                filesz: ph.p_filesz,
+                memsz: ph.p_memsz,
+            });
+        }
+        if ph.p_paddr < HIMEM_START {
+            return Err(LoadError::SegmentBelow1M {
+                path: path.to_path_buf(),
+                index,
+                paddr: ph.p_paddr,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The end of the memory a bzImage claims: its decompressor runs at the
+/// load address aligned up to `kernel_alignment` (relocatable kernels) or
+/// at `pref_address`, whichever is higher, and needs `init_size` bytes
+/// there (boot protocol 2.10+). The initrd must go above that.
+fn bzimage_reserved_end(
+    path: &Path,
+    hdr: &setup_header,
+    load: u64,
+    image_end: u64,
+    low_end: u64,
+) -> Result<u64, LoadError> {
+    if hdr.version < 0x020a {
+        return Ok(image_end);
+    }
+    let pref = hdr.pref_address;
+    let align = u64::from(hdr.kernel_alignment).max(1);
+    let runtime_start = if hdr.relocatable_kernel != 0 && align.is_power_of_two() {
+        load.checked_add(align - 1).map(|a| a & !(align - 1))
+    } else {
+        Some(load)
+    }
+    .map(|start| start.max(pref));
+    let init_size = u64::from(hdr.init_size);
+    let too_large = |runtime_start| LoadError::InitSizeTooLarge {
+        path: path.to_path_buf(),
+        init_size,
+        runtime_start,
+        low_end,
+    };
+    let runtime_start = runtime_start.ok_or_else(|| too_large(u64::MAX))?;
+    let end = runtime_start
+        .checked_add(init_size)
+        .filter(|&end| end <= low_end)
+        .ok_or_else(|| too_large(runtime_start))?;
+    Ok(end.max(image_end))
 }
 
 /// Highest address (exclusive) the kernel accepts for the initrd.

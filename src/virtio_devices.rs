@@ -5,6 +5,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::RawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -51,9 +52,12 @@ pub fn open_disks(disks: &[DiskConfig]) -> Result<Vec<Block>, DiskError> {
                 path: d.path.clone(),
                 source,
             };
+            // O_NONBLOCK so that a FIFO is refused below instead of
+            // blocking the open; it means nothing for a regular file.
             let file: File = OpenOptions::new()
                 .read(true)
                 .write(!d.read_only)
+                .custom_flags(libc::O_NONBLOCK)
                 .open(&d.path)
                 .map_err(open)?;
             if !file.metadata().map_err(open)?.is_file() {

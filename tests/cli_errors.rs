@@ -117,6 +117,16 @@ fn bad_kernels_are_named_with_what_is_wrong() {
             elf(0x1000, &[(0x1000, 0x200000, 16, 16)], 64, 0x1010),
             "bad ELF image",
         ),
+        (
+            "below-1m.elf",
+            elf(0x200000, &[(0x1000, 0x8000, 16, 16)], 64, 0x1010),
+            "below 1 MiB",
+        ),
+        (
+            "filesz-over-memsz.elf",
+            elf(0x200000, &[(0x1000, 0x200000, 16, 8)], 64, 0x1010),
+            "bytes in the file but only",
+        ),
         ("setup-sects.bzImage", bzimage(0xff, 1), "bad bzImage"),
         ("32-bit.bzImage", bzimage(4, 0), "no 64-bit entry point"),
     ];
@@ -134,6 +144,14 @@ fn bad_kernels_are_named_with_what_is_wrong() {
     expect_usage_error(
         &["--kernel", dir.to_str().unwrap()],
         &["is not a regular file"],
+    );
+    // A bzImage whose decompressor needs 256 MiB (init_size) at --memory 16M.
+    let mut greedy = bzimage(4, 1);
+    greedy[0x260..0x264].copy_from_slice(&(256u32 << 20).to_le_bytes());
+    let greedy = file(&dir, "greedy.bzImage", &greedy);
+    expect_usage_error(
+        &["--kernel", greedy.to_str().unwrap(), "--memory", "16M"],
+        &["init_size", "raise --memory"],
     );
     // A kernel whose image runs past low memory.
     let big = file(
@@ -234,6 +252,25 @@ fn bad_memory_cpus_and_cmdline_name_their_flag() {
         &["--kernel", k, "--cmdline", "console=ttyS0\u{1}"],
         &["--cmdline", "not printable ASCII"],
     );
+}
+
+/// A FIFO where a file is expected: refused at once, never a blocked open
+/// waiting for a writer.
+#[test]
+fn fifos_are_refused_without_blocking() {
+    let dir = scratch("fifos");
+    let fifo = dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let f = fifo.to_str().unwrap();
+    let kernel = small_kernel(&dir);
+    let k = kernel.to_str().unwrap();
+    expect_usage_error(&["--kernel", f], &[f, "not a regular file"]);
+    expect_usage_error(&["--kernel", k, "--initrd", f], &[f, "not a regular file"]);
+    let ro = format!("{f},ro");
+    expect_usage_error(&["--kernel", k, "--disk", &ro], &[f, "not a regular file"]);
+    expect_usage_error(&["--kernel", k, "--disk", f], &[f, "not a regular file"]);
 }
 
 #[test]
