@@ -9,11 +9,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use regex::Regex;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::ConsoleMode;
 use crate::console_input::InputSource;
+use crate::console_match::{full_regex, Stream};
 use crate::lock;
 use crate::stdin::Stdin;
 use crate::terminal::RawMode;
@@ -48,6 +48,8 @@ pub enum ConsoleError {
 #[derive(Default)]
 struct Transcript {
     text: Vec<u8>,
+    /// Bytes dropped from the front so far (absolute offset of `text[0]`).
+    dropped: u64,
     /// Where the next `wait_for` starts searching.
     cursor: usize,
     ended: bool,
@@ -78,6 +80,7 @@ impl ConsoleShared {
         if t.text.len() > TRANSCRIPT_MAX {
             let drop = t.text.len() - TRANSCRIPT_MAX / 2;
             t.text.drain(..drop);
+            t.dropped += drop as u64;
             t.cursor = t.cursor.saturating_sub(drop);
         }
         self.output_cv.notify_all();
@@ -139,27 +142,22 @@ impl Console {
     /// Waits until output after the previous match matches `pattern`.
     /// Returns the whole match and then each capture group ("" when a group
     /// did not take part). The next call searches after this match.
+    ///
+    /// Patterns match raw bytes (see `console_match`: `.` matches any byte;
+    /// `(?u)` turns Unicode classes on). Each wake-up costs O(new output):
+    /// a lazy DFA sees every byte once, and the full regex runs only once a
+    /// match exists.
     pub fn wait_for(&self, pattern: &str, timeout: Duration) -> Result<Vec<String>, ConsoleError> {
-        let re = Regex::new(pattern).map_err(|source| ConsoleError::Pattern {
+        let re = full_regex(pattern).map_err(|source| ConsoleError::Pattern {
             pattern: pattern.to_string(),
             source,
         })?;
         let deadline = Instant::now() + timeout;
         let mut t = lock(&self.shared.transcript);
+        let mut stream = Stream::new(pattern, t.dropped + t.cursor as u64);
         loop {
-            let hay = String::from_utf8_lossy(&t.text[t.cursor..]).into_owned();
-            if let Some(caps) = re.captures(&hay) {
-                let whole = caps.get(0).map_or(0..0, |m| m.range());
-                // The lossy text can differ in length from the bytes only
-                // where bytes were invalid UTF-8; map the end back safely.
-                let consumed = String::from_utf8_lossy(&t.text[t.cursor..])
-                    .get(..whole.end)
-                    .map_or(whole.end, |s| s.len());
-                t.cursor = (t.cursor + consumed).min(t.text.len());
-                return Ok(caps
-                    .iter()
-                    .map(|m| m.map_or(String::new(), |m| m.as_str().to_string()))
-                    .collect());
+            if let Some(caps) = Self::try_match(&mut t, &re, &mut stream) {
+                return Ok(caps);
             }
             let tail = || tail_of(&t.text);
             if t.ended {
@@ -183,6 +181,50 @@ impl Console {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Feeds the new output to the stream; when a match exists (or the
+    /// stream gave up), runs the regex over the window after the cursor.
+    fn try_match(
+        t: &mut Transcript,
+        re: &regex::bytes::Regex,
+        stream: &mut Option<Stream>,
+    ) -> Option<Vec<String>> {
+        let window_start = t.dropped + t.cursor as u64;
+        let fed = match stream {
+            // Output the stream had not seen yet was dropped (16 MiB cap):
+            // search what is left the slow way from now on.
+            Some(s) if s.fed_to < window_start => Err(()),
+            Some(s) => {
+                let from = usize::try_from(s.fed_to - t.dropped).unwrap_or(usize::MAX);
+                s.feed(t.text.get(from..).unwrap_or_default())
+            }
+            None => Err(()),
+        };
+        let maybe = fed.unwrap_or_else(|()| {
+            *stream = None;
+            true
+        });
+        if !maybe {
+            return None;
+        }
+        let Some(caps) = re.captures(&t.text[t.cursor..]) else {
+            // The stream and the regex disagree (they should not): trust
+            // the regex from now on, so no match is ever missed.
+            *stream = None;
+            return None;
+        };
+        let end = caps.get(0).map_or(0, |m| m.end());
+        let groups = caps
+            .iter()
+            .map(|m| {
+                m.map_or(String::new(), |m| {
+                    String::from_utf8_lossy(m.as_bytes()).into_owned()
+                })
+            })
+            .collect();
+        t.cursor = (t.cursor + end).min(t.text.len());
+        Some(groups)
     }
 
     /// Everything the guest printed (the last 8-16 MiB of it).
@@ -448,6 +490,33 @@ mod tests {
             c.wait_for("(", Duration::from_secs(1)),
             Err(ConsoleError::Pattern { .. })
         ));
+    }
+
+    #[test]
+    fn raw_bytes_never_hide_a_match_and_groups_come_back_lossy() {
+        let (c, mut out) = console();
+        for chunk in [&b"start\xff"[..], b"\xfe mid", b"dle end"] {
+            out.write_all(chunk).unwrap();
+        }
+        let m = c
+            .wait_for(r"(?s)start(.*)end", Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(m[1], "\u{fffd}\u{fffd} middle ");
+    }
+
+    #[test]
+    fn matches_across_a_dropped_front_are_still_found() {
+        let (c, mut out) = console();
+        let chunk = vec![b'x'; 1 << 20];
+        let waiter = {
+            let c = c.clone();
+            std::thread::spawn(move || c.wait_for("needle", Duration::from_secs(20)))
+        };
+        for _ in 0..20 {
+            out.write_all(&chunk).unwrap();
+        }
+        out.write_all(b"needle").unwrap();
+        assert_eq!(waiter.join().unwrap().unwrap()[0], "needle");
     }
 
     #[test]

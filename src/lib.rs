@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 mod console;
 mod console_input;
+mod console_match;
 mod error;
 mod event_loop;
 mod exit;

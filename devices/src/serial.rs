@@ -217,8 +217,8 @@ mod tests {
     #[test]
     fn closed_output_drops_and_counts() {
         let (mut dev, _, _) = device(Closed);
-        dev.write(DATA, &[b'x']);
-        dev.write(DATA, &[b'y']);
+        dev.write(DATA, b"x");
+        dev.write(DATA, b"y");
         assert_eq!(dev.tx_lost(), 2);
     }
 
