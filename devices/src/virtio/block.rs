@@ -13,6 +13,7 @@ use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{Activation, Interrupt, VirtioDevice, INT_VRING};
+use crate::ratelimit::LogLimiter;
 
 pub const SECTOR_SIZE: u64 = 512;
 const QUEUE_SIZE: u16 = 256;
@@ -54,6 +55,8 @@ pub struct Block {
     id: [u8; VIRTIO_BLK_ID_BYTES],
     state: State,
     queue_sizes: [u16; 1],
+    /// Every guest-triggerable line goes through here.
+    log: LogLimiter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +85,7 @@ impl Block {
             id: id_bytes,
             state: State::Inactive,
             queue_sizes: [QUEUE_SIZE],
+            log: LogLimiter::new(),
         })
     }
 
@@ -275,7 +279,12 @@ impl VirtioDevice for Block {
             let next = match super::pop_chain(queue, &mem) {
                 Ok(next) => next,
                 Err(e) => {
-                    log::warn!("virtio-blk: queue broken by the driver ({e}); waiting for a reset");
+                    self.log.warn(
+                        "broken",
+                        format_args!(
+                            "virtio-blk: queue broken by the driver ({e}); waiting for a reset"
+                        ),
+                    );
                     *broken = true;
                     break;
                 }
@@ -290,7 +299,10 @@ impl VirtioDevice for Block {
         };
         for (head, used) in pending {
             if let Err(e) = queue.add_used(&mem, head, used) {
-                log::warn!("virtio-blk: cannot return descriptor {head}: {e}");
+                self.log.warn(
+                    "add-used",
+                    format_args!("virtio-blk: cannot return descriptor {head}: {e}"),
+                );
             }
         }
         if done > 0 {

@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::{FrameIo, VNET_HDR_LEN};
 use super::{Activation, Interrupt, VirtioDevice, INT_VRING};
+use crate::ratelimit::LogLimiter;
 
 const VIRTIO_ID_NET: u32 = 1;
 const VIRTIO_NET_F_MAC: u64 = 1 << 5;
@@ -59,6 +60,8 @@ pub struct Net {
     state: State,
     counters: NetCounters,
     queue_sizes: [u16; 2],
+    /// Every guest-triggerable line goes through here.
+    log: LogLimiter,
 }
 
 /// Host views of a chain's buffers, if every descriptor goes the expected
@@ -88,6 +91,7 @@ impl Net {
             state: State::Inactive,
             counters: NetCounters::default(),
             queue_sizes: [QUEUE_SIZE, QUEUE_SIZE],
+            log: LogLimiter::new(),
         }
     }
 
@@ -116,13 +120,20 @@ impl Net {
             let chain = match super::pop_chain(rx, mem) {
                 Ok(chain) => chain,
                 Err(e) => {
-                    log::warn!("virtio-net: RX queue broken by the driver ({e})");
+                    self.log.warn(
+                        "rx-broken",
+                        format_args!("virtio-net: RX queue broken by the driver ({e})"),
+                    );
                     *broken = true;
                     return;
                 }
             };
             let Some((head, descs)) = chain else {
-                log::debug!("virtio-net: no RX buffers; waiting for the guest");
+                self.log.log(
+                    log::Level::Debug,
+                    "rx-starved",
+                    format_args!("virtio-net: no RX buffers; waiting for the guest"),
+                );
                 *rx_starved = true;
                 break;
             };
@@ -154,7 +165,6 @@ impl Net {
                     rx.go_to_previous_position();
                 }
                 Ok(n) => {
-                    log::debug!("virtio-net: RX frame of {n} bytes into chain {head}");
                     // num_buffers = 1: one chain per frame (no MRG_RXBUF).
                     let nb = descs[0].addr().0 + NUM_BUFFERS_OFFSET;
                     let _ = mem.write_obj(1u16, vm_memory::GuestAddress(nb));
@@ -168,7 +178,10 @@ impl Net {
                 Err(e) => {
                     rx.go_to_previous_position();
                     if e.kind() != io::ErrorKind::WouldBlock {
-                        log::warn!("virtio-net: backend read failed: {e}");
+                        self.log.warn(
+                            "rx-read",
+                            format_args!("virtio-net: backend read failed: {e}"),
+                        );
                     }
                     break;
                 }
@@ -200,7 +213,10 @@ impl Net {
             let chain = match super::pop_chain(tx, mem) {
                 Ok(chain) => chain,
                 Err(e) => {
-                    log::warn!("virtio-net: TX queue broken by the driver ({e})");
+                    self.log.warn(
+                        "tx-broken",
+                        format_args!("virtio-net: TX queue broken by the driver ({e})"),
+                    );
                     *broken = true;
                     return;
                 }
@@ -226,7 +242,6 @@ impl Net {
                 }
                 _ => false,
             };
-            log::debug!("virtio-net: TX chain {head} sent={sent}");
             if sent {
                 self.counters.tx_frames += 1;
             } else {
