@@ -336,7 +336,9 @@ impl VirtioDevice for Block {
             let State::Active { queue, broken, .. } = &mut self.state else {
                 return;
             };
-            let next = match super::pop_chain(queue, &mem) {
+            // Loops are caught at queue size; seg_max is checked by parse
+            // (more segments get IOERR, not a silent cut).
+            let next = match super::pop_chain(queue, &mem, usize::from(max_chains)) {
                 Ok(next) => next,
                 Err(e) => {
                     self.log.warn(
@@ -349,7 +351,18 @@ impl VirtioDevice for Block {
                     break;
                 }
             };
-            let Some((head, descs)) = next else { break };
+            let (head, descs) = match next {
+                None => break,
+                Some(super::Popped::Chain { head, descs }) => (head, descs),
+                Some(super::Popped::Bad { head, why }) => {
+                    self.log.warn(
+                        "bad-chain",
+                        format_args!("virtio-blk: refusing chain {head}: {why}"),
+                    );
+                    (head, Vec::new())
+                }
+            };
+            // An empty chain parses as malformed: length 0, nothing touched.
             let used = match parse(&mem, descs) {
                 Parsed::Malformed => {
                     spent = spent.saturating_add(MIN_COST);
@@ -407,7 +420,9 @@ impl VirtioDevice for Block {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_bindings::bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
@@ -641,12 +656,78 @@ mod tests {
     }
 
     #[test]
-    fn a_looping_chain_terminates() {
+    fn a_looping_chain_is_refused_whole() {
         let r = rig("loop");
         header(&r.mem, VIRTIO_BLK_T_IN, 0);
-        // 0 -> 1 -> 0 -> ...: the chain iterator stops after queue-size steps.
-        let (used, _) = run(&r, false, &[desc(HDR, 16, N, 1), desc(DATA, 512, W | N, 0)]);
-        assert_eq!(used.len(), 1);
+        // 0 -> 1 -> 0 -> ...: refused after queue-size steps, length 0
+        // (virtio-queue's iterator cut it, and the data buffer became the
+        // status byte).
+        r.mem.write_slice(&[0xee; 8], GuestAddress(DATA)).unwrap();
+        let (used, status) = run(&r, false, &[desc(HDR, 16, N, 1), desc(DATA, 512, W | N, 0)]);
+        assert_eq!((used, status), (vec![0], 0xff));
+        assert_eq!(r.mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(), 0xee);
+    }
+
+    #[test]
+    fn a_chain_cut_by_next_beyond_the_queue_is_refused_whole() {
+        let r = rig("cut");
+        header(&r.mem, VIRTIO_BLK_T_IN, 0);
+        r.mem.write_slice(&[0xee; 8], GuestAddress(DATA)).unwrap();
+        // The data descriptor chains to 300 in a 16-entry queue: the real
+        // status descriptor is never reached. Before, virtio-queue stopped
+        // there and the data buffer was taken as the status byte.
+        let (used, status) = run(
+            &r,
+            false,
+            &[
+                desc(HDR, 16, N, 1),
+                desc(DATA, 512, W | N, 300),
+                desc(STATUS, 1, W, 0),
+            ],
+        );
+        assert_eq!((used, status), (vec![0], 0xff), "status untouched");
+        assert_eq!(
+            r.mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(),
+            0xee,
+            "no status written into the data buffer"
+        );
+    }
+
+    #[test]
+    fn indirect_descriptors_are_refused_when_not_negotiated() {
+        let r = rig("indirect");
+        header(&r.mem, VIRTIO_BLK_T_IN, 0);
+        // An indirect table at 0x5_0000 holding a good read request.
+        let table = [
+            desc(HDR, 16, N, 1),
+            desc(DATA, 512, W | N, 2),
+            desc(STATUS, 1, W, 0),
+        ];
+        for (i, d) in table.iter().enumerate() {
+            r.mem
+                .write_obj(*d, GuestAddress(0x5_0000 + 16 * i as u64))
+                .unwrap();
+        }
+        let indirect = VRING_DESC_F_INDIRECT as u16;
+        let (used, status) = run(&r, false, &[desc(0x5_0000, 48, indirect, 0)]);
+        assert_eq!((used, status), (vec![0], 0xff), "not followed");
+    }
+
+    #[test]
+    fn chains_over_4_gib_in_total_are_refused_whole() {
+        let r = rig("4g");
+        header(&r.mem, VIRTIO_BLK_T_IN, 0);
+        let (used, status) = run(
+            &r,
+            false,
+            &[
+                desc(HDR, 16, N, 1),
+                desc(DATA, 0x8000_0000, W | N, 2),
+                desc(DATA, 0x8000_0000, W | N, 3),
+                desc(STATUS, 1, W, 0),
+            ],
+        );
+        assert_eq!((used, status), (vec![0], 0xff));
     }
 
     #[test]

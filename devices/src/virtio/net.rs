@@ -24,6 +24,9 @@ pub const RX: usize = 0;
 pub const TX: usize = 1;
 /// Largest Ethernet frame without offloads: 1500 MTU + header + VLAN tag.
 const MAX_FRAME: usize = 1518;
+/// Most descriptors in one chain (Linux uses at most MAX_SKB_FRAGS + 2 on
+/// TX and one per RX buffer without offloads); longer chains are refused.
+const MAX_CHAIN_DESCS: usize = 64;
 /// Offset of num_buffers in the 12-byte header.
 const NUM_BUFFERS_OFFSET: u64 = 10;
 
@@ -117,7 +120,7 @@ impl Net {
         let mut delivered = 0u16;
         let budget = rx.size();
         while delivered < budget {
-            let chain = match super::pop_chain(rx, mem) {
+            let chain = match super::pop_chain(rx, mem, MAX_CHAIN_DESCS) {
                 Ok(chain) => chain,
                 Err(e) => {
                     self.log.warn(
@@ -128,14 +131,25 @@ impl Net {
                     return;
                 }
             };
-            let Some((head, descs)) = chain else {
-                self.log.log(
-                    log::Level::Debug,
-                    "rx-starved",
-                    format_args!("virtio-net: no RX buffers; waiting for the guest"),
-                );
-                *rx_starved = true;
-                break;
+            let (head, descs) = match chain {
+                Some(super::Popped::Chain { head, descs }) => (head, descs),
+                Some(super::Popped::Bad { head, why }) => {
+                    self.log.warn(
+                        "rx-bad-chain",
+                        format_args!("virtio-net: refusing RX chain {head}: {why}"),
+                    );
+                    // Returned below with length 0 as too small.
+                    (head, Vec::new())
+                }
+                None => {
+                    self.log.log(
+                        log::Level::Debug,
+                        "rx-starved",
+                        format_args!("virtio-net: no RX buffers; waiting for the guest"),
+                    );
+                    *rx_starved = true;
+                    break;
+                }
             };
             let total: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
             let Some(bufs) =
@@ -210,7 +224,7 @@ impl Net {
         let budget = tx.size();
         let mut done = 0u16;
         while done < budget {
-            let chain = match super::pop_chain(tx, mem) {
+            let chain = match super::pop_chain(tx, mem, MAX_CHAIN_DESCS) {
                 Ok(chain) => chain,
                 Err(e) => {
                     self.log.warn(
@@ -221,7 +235,18 @@ impl Net {
                     return;
                 }
             };
-            let Some((head, descs)) = chain else { break };
+            let (head, descs) = match chain {
+                None => break,
+                Some(super::Popped::Chain { head, descs }) => (head, descs),
+                Some(super::Popped::Bad { head, why }) => {
+                    self.log.warn(
+                        "tx-bad-chain",
+                        format_args!("virtio-net: refusing TX chain {head}: {why}"),
+                    );
+                    // Dropped below: an empty chain is shorter than the header.
+                    (head, Vec::new())
+                }
+            };
             let total = descs
                 .iter()
                 .try_fold(0u64, |a, d| a.checked_add(u64::from(d.len())));
@@ -341,7 +366,9 @@ mod tests {
     use super::*;
     use crate::virtio::tap::SocketFrames;
     use std::os::unix::net::UnixDatagram;
-    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_bindings::bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, GuestAddress};
@@ -518,5 +545,69 @@ mod tests {
         let mut past = [0xffu8; 2];
         r.dev.read_config(6, &mut past);
         assert_eq!(past, [0xff; 2]);
+    }
+
+    #[test]
+    fn cut_looping_and_indirect_rx_chains_are_refused_whole() {
+        let mem = memory();
+        let mut r = rig(&mem);
+        let f = frame(VNET_HDR_LEN + 100);
+        r.peer.send(&f).unwrap();
+        let ind = VRING_DESC_F_INDIRECT as u16;
+        r.mem
+            .write_obj(desc(BUF, 2048, W, 0), GuestAddress(0x5_0000))
+            .unwrap();
+        // Chains to 300 in a 16-entry queue: before, the first 2 KiB took
+        // the frame.
+        r.rxq
+            .add_desc_chains(&[desc(BUF, 2048, W | N, 300)], 0)
+            .unwrap();
+        // An indirect table (not offered), holding 2 KiB.
+        r.rxq
+            .add_desc_chains(&[desc(0x5_0000, 16, ind, 0)], 1)
+            .unwrap();
+        // A loop 2 -> 3 -> 2.
+        r.rxq
+            .add_desc_chains(
+                &[desc(BUF, 1024, W | N, 3), desc(BUF + 1024, 1024, W | N, 2)],
+                2,
+            )
+            .unwrap();
+        r.dev.process_backend();
+        assert_eq!(used(r.mem, &r.rxq), vec![0, 0, 0]);
+        let c = r.dev.counters();
+        assert_eq!((c.rx_bad_buffers, c.rx_frames), (3, 0));
+        // The frame waits for a good buffer.
+        r.rxq
+            .add_desc_chains(&[desc(BUF + 8192, 2048, W, 0)], 4)
+            .unwrap();
+        r.dev.process_queue(RX);
+        assert_eq!(used(r.mem, &r.rxq), vec![0, 0, 0, f.len() as u32]);
+    }
+
+    #[test]
+    fn cut_and_indirect_tx_chains_are_dropped_whole() {
+        let mem = memory();
+        let mut r = rig(&mem);
+        let f = frame(VNET_HDR_LEN + 60);
+        r.mem.write_slice(&f, GuestAddress(BUF)).unwrap();
+        r.mem
+            .write_obj(desc(BUF, f.len() as u32, 0, 0), GuestAddress(0x5_0000))
+            .unwrap();
+        let ind = VRING_DESC_F_INDIRECT as u16;
+        // A whole frame, then `next` beyond the queue: before, the frame
+        // was sent as if the chain ended there.
+        r.txq
+            .add_desc_chains(&[desc(BUF, f.len() as u32, N, 300)], 0)
+            .unwrap();
+        r.txq
+            .add_desc_chains(&[desc(0x5_0000, 16, ind, 0)], 1)
+            .unwrap();
+        r.dev.process_queue(TX);
+        assert_eq!(used(r.mem, &r.txq), vec![0, 0]);
+        assert_eq!(r.dev.counters().tx_dropped, 2);
+        let mut got = [0u8; 2048];
+        r.peer.set_nonblocking(true).unwrap();
+        assert!(r.peer.recv(&mut got).is_err(), "nothing sent");
     }
 }
