@@ -824,4 +824,73 @@ mod tests {
         let (n, lines) = capture::lines();
         assert!(n <= FEW, "{n} lines: {lines:?}");
     }
+
+    #[test]
+    fn a_high_write_after_a_refused_low_write_keeps_the_ring_refused() {
+        for (low, high) in [
+            (reg::QUEUE_DESC_LOW, reg::QUEUE_DESC_HIGH),
+            (reg::QUEUE_DRIVER_LOW, reg::QUEUE_DRIVER_HIGH),
+            (reg::QUEUE_DEVICE_LOW, reg::QUEUE_DEVICE_HIGH),
+        ] {
+            let (mut t, counts) = transport();
+            negotiate(&mut t);
+            setup_queue(&mut t, 16, 0x1000);
+            // Before: the LOW write was refused (virtio-queue kept 0), the
+            // HIGH write was "accepted" as 0 and cleared the refusal, and
+            // DRIVER_OK ran a queue at address 0.
+            w(&mut t, low, 0x5001);
+            w(&mut t, high, 0);
+            w(&mut t, reg::STATUS, ALL_OK);
+            assert_ne!(t.status(), DeviceStatus::Running, "{low:#x}");
+            assert_eq!(counts.activated.load(Ordering::SeqCst), 0);
+        }
+        // Correcting the LOW half makes the queue good again.
+        let (mut t, counts) = transport();
+        negotiate(&mut t);
+        setup_queue(&mut t, 16, 0x1000);
+        w(&mut t, reg::QUEUE_DESC_LOW, 0x5001);
+        w(&mut t, reg::QUEUE_DESC_HIGH, 0);
+        w(&mut t, reg::QUEUE_DESC_LOW, 0x5000);
+        w(&mut t, reg::STATUS, ALL_OK);
+        assert_eq!(t.status(), DeviceStatus::Running);
+        assert_eq!(counts.activated.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_high_half_beyond_memory_refuses_driver_ok() {
+        let (mut t, counts) = transport();
+        negotiate(&mut t);
+        setup_queue(&mut t, 16, 0x1000);
+        w(&mut t, reg::QUEUE_DEVICE_HIGH, 1); // 4 GiB + 0x3000: no RAM there
+        w(&mut t, reg::STATUS, ALL_OK);
+        assert_ne!(t.status(), DeviceStatus::Running);
+        assert_eq!(counts.activated.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn queue_registers_after_driver_ok_are_ignored_and_logged_a_few_times() {
+        capture::start();
+        let (mut t, counts) = transport();
+        negotiate(&mut t);
+        setup_queue(&mut t, 16, 0x1000);
+        w(&mut t, reg::STATUS, ALL_OK);
+        assert_eq!(t.status(), DeviceStatus::Running);
+        for i in 0..10_000u32 {
+            w(&mut t, reg::QUEUE_NUM, 4);
+            w(&mut t, reg::QUEUE_DESC_LOW, 0x5001 + i);
+            w(&mut t, reg::QUEUE_READY, 0);
+            w(&mut t, reg::QUEUE_SEL, 9);
+            w(&mut t, reg::QUEUE_NOTIFY, 9);
+            t.write(reg::QUEUE_NOTIFY, &[0]); // wrong width
+            w(&mut t, reg::QUEUE_SEL, 0);
+        }
+        assert_eq!(r(&mut t, reg::QUEUE_READY), 1, "still ready");
+        assert_eq!(t.status(), DeviceStatus::Running);
+        // The running queue is untouched: notifying queue 0 still works.
+        w(&mut t, reg::QUEUE_NOTIFY, 0);
+        assert_eq!(t.queue_events()[0].read().unwrap(), 1);
+        assert_eq!(counts.activated.load(Ordering::SeqCst), 1);
+        let (n, lines) = capture::lines();
+        assert!(n <= 3 * FEW, "{n} lines: {lines:?}");
+    }
 }
