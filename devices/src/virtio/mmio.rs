@@ -245,6 +245,22 @@ impl MmioTransport {
         }
     }
 
+    /// The device's backend failed for good: stop watching `backend_fd`.
+    pub fn backend_failed(&self) -> bool {
+        self.device.backend_failed()
+    }
+
+    /// EPOLLERR/EPOLLHUP on `backend_fd` (the event loop tells the device).
+    pub fn backend_hangup(&mut self) {
+        self.device.backend_hangup();
+    }
+
+    /// The VM is ending: the device makes the guest's writes durable.
+    /// Callable in any state, more than once.
+    pub fn shutdown(&mut self) {
+        self.device.shutdown();
+    }
+
     /// Queue `index` was notified (from the event loop).
     pub fn process_queue(&mut self, index: usize) {
         if self.status == DeviceStatus::Running {

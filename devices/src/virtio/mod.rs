@@ -161,6 +161,18 @@ pub trait VirtioDevice: Send {
     }
     /// `backend_fd` is readable.
     fn process_backend(&mut self) {}
+    /// The backend failed for good (e.g. the TAP interface was deleted):
+    /// the event loop must stop watching `backend_fd`; `backend_wanted`
+    /// stays false from then on.
+    fn backend_failed(&self) -> bool {
+        false
+    }
+    /// The event loop saw EPOLLERR or EPOLLHUP on `backend_fd`.
+    fn backend_hangup(&mut self) {}
+    /// The VM is ending (or the device is being dropped): make everything
+    /// the guest wrote durable (a disk syncs its file). Callable in any
+    /// state, more than once.
+    fn shutdown(&mut self) {}
 }
 
 /// What a device gets when the driver starts it.
