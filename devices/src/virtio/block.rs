@@ -1003,4 +1003,60 @@ mod tests {
         .unwrap();
         t.shutdown();
     }
+
+    #[test]
+    fn the_same_head_made_available_twice_is_completed_once_per_entry() {
+        let r = rig("twice");
+        header(&r.mem, VIRTIO_BLK_T_IN, 2);
+        let (mut dev, vq, _) = big_device(&r, 64, 16);
+        post(&r.mem, &vq, &chain(512, W), &[0, 0, 0]);
+        dev.process_queue(0);
+        dev.process_queue(0);
+        // Three avail entries, three used entries, each the whole request.
+        assert_eq!(used_ring(&r.mem, &vq), vec![(0, 513); 3]);
+        assert_eq!(r.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0);
+        let mut b = [0u8; 512];
+        r.mem.read_slice(&mut b, GuestAddress(DATA)).unwrap();
+        assert!(b.iter().all(|x| *x == 2), "sector 2, not a mix");
+    }
+
+    #[test]
+    fn a_backing_file_error_is_ioerr_and_the_device_keeps_working() {
+        // The file is open read-only but the device was told it is
+        // writable: every write fails at run time (EBADF), as a full or
+        // failing disk would.
+        let r = rig("ioerr");
+        let file = std::fs::File::open(&r.path).unwrap();
+        let mut dev = Block::new(file, false, "failing").unwrap();
+        let vq = MockSplitQueue::create(&r.mem, GuestAddress(0x8000), 16);
+        header(&r.mem, VIRTIO_BLK_T_OUT, 0);
+        r.mem.write_slice(&[0xab; 512], GuestAddress(DATA)).unwrap();
+        vq.add_desc_chains(&chain(512, 0), 0).unwrap();
+        dev.activate(Activation {
+            mem: r.mem.clone(),
+            queues: vec![vq.create_queue::<Queue>().unwrap()],
+            queue_events: vec![EventFd::new(EFD_NONBLOCK).unwrap()],
+            interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
+            acked_features: 0,
+        })
+        .unwrap();
+        dev.process_queue(0);
+        assert_eq!(
+            r.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(),
+            VIRTIO_BLK_S_IOERR
+        );
+        // The next request (a read) is served normally.
+        header(&r.mem, VIRTIO_BLK_T_IN, 3);
+        vq.add_desc_chains(&chain(512, W), 0).unwrap(); // table reused: the first is done
+        dev.process_queue(0);
+        assert_eq!(
+            r.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(),
+            VIRTIO_BLK_S_OK
+        );
+        let mut b = [0u8; 512];
+        r.mem.read_slice(&mut b, GuestAddress(DATA)).unwrap();
+        assert!(b.iter().all(|x| *x == 3));
+        let used_idx: u16 = r.mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap();
+        assert_eq!(used_idx, 2);
+    }
 }
