@@ -3,19 +3,27 @@
 //! pread/pwrite of the same sizes on the same file. Page-cache bound on
 //! purpose: it measures Ember's per-request overhead, not the disk.
 //!
+//! Then a hostile driver: 256 avail entries, each the same chain claiming
+//! the most data one request may (SEG_MAX segments of SIZE_MAX bytes, all
+//! on one guest buffer), and 256 chains claiming 256 MiB each; the figure
+//! is the longest single `process_queue` call (how long the event loop is
+//! held) while the device drains the flood, re-arming itself.
+//!
 //!   cargo bench -p ember-devices --bench blk
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ember_devices::virtio::block::{Block, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
+use ember_devices::virtio::block::{
+    Block, SEG_MAX, SIZE_MAX, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, WORK_BYTES_PER_EVENT,
+};
 use ember_devices::virtio::{Activation, Interrupt, VirtioDevice};
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const DISK: u64 = 64 << 20;
@@ -50,15 +58,22 @@ fn device_path(path: &std::path::Path, kind: u32, size: u32) -> f64 {
             let hdr = hdr_base + i * 32;
             mem.write_obj(kind, GuestAddress(hdr)).unwrap();
             mem.write_obj(sector, GuestAddress(hdr + 8)).unwrap();
+            mem.write_obj(0xffu8, GuestAddress(hdr + 16)).unwrap();
             sector = (sector + sectors_per_req) % (DISK / 512 - sectors_per_req);
-            let first = (i * 3) as u16;
+            // Split into SIZE_MAX segments, as a guest honouring the
+            // advertised size_max does.
+            let segs = size.div_ceil(SIZE_MAX) as u16;
+            let first = (i as u16) * (segs + 2);
             chains.push(desc(hdr, 16, n, first + 1));
-            chains.push(desc(
-                data_base + i * u64::from(size) % (16 << 20),
-                size,
-                data_flags | n,
-                first + 2,
-            ));
+            let base = data_base + i * u64::from(size) % (16 << 20);
+            for s in 0..segs {
+                chains.push(desc(
+                    base + u64::from(s) * u64::from(SIZE_MAX),
+                    size.min(SIZE_MAX),
+                    data_flags | n,
+                    first + 2 + s,
+                ));
+            }
             chains.push(desc(hdr + 16, 1, d, 0));
         }
         vq.add_desc_chains(&chains, 0).unwrap();
@@ -71,6 +86,10 @@ fn device_path(path: &std::path::Path, kind: u32, size: u32) -> f64 {
         })
         .unwrap();
         dev.process_queue(0);
+        let last_status: u8 = mem
+            .read_obj(GuestAddress(hdr_base + u64::from(BATCH - 1) * 32 + 16))
+            .unwrap();
+        assert_eq!(last_status, 0, "requests succeed");
         bytes += u64::from(BATCH) * u64::from(size);
     }
     bytes as f64 / start.elapsed().as_secs_f64()
@@ -100,6 +119,66 @@ fn raw(path: &std::path::Path, write: bool, size: usize) -> f64 {
     bytes as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Worst and total time of the `process_queue` calls that drain 256 avail
+/// entries of one chain with `segs` data segments of `len` bytes each.
+fn flood(path: &std::path::Path, segs: u16, len: u32) -> (Duration, Duration, usize) {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut dev = Block::new(file, false, "bench").unwrap();
+    let (n, d) = (VRING_DESC_F_NEXT as u16, VRING_DESC_F_WRITE as u16);
+    let (hdr, data, status) = (0x10_0000u64, 0x20_0000u64, 0x10_0100u64);
+    mem.write_obj(VIRTIO_BLK_T_IN, GuestAddress(hdr)).unwrap();
+    mem.write_obj(0u64, GuestAddress(hdr + 8)).unwrap();
+    let vq = MockSplitQueue::create(&mem, GuestAddress(0x8000), 256);
+    let mut chain = vec![desc(hdr, 16, n, 1)];
+    for i in 0..segs {
+        chain.push(desc(data, len, d | n, i + 2));
+    }
+    chain.push(desc(status, 1, d, 0));
+    for (i, c) in chain.iter().enumerate() {
+        vq.desc_table().store(i as u16, *c).unwrap();
+    }
+    // Every avail entry is head 0; the used ring goes where the mock's
+    // (which overlaps its avail ring at this size) does not.
+    for i in 0..256u64 {
+        mem.write_obj(0u16, vq.avail_addr().unchecked_add(4 + 2 * i))
+            .unwrap();
+    }
+    mem.write_obj(256u16, vq.avail_addr().unchecked_add(2))
+        .unwrap();
+    let mut q = vq.create_queue::<Queue>().unwrap();
+    q.try_set_used_ring_address(GuestAddress(0xc000)).unwrap();
+    let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+    dev.activate(Activation {
+        mem: mem.clone(),
+        queues: vec![q],
+        queue_events: vec![notify.try_clone().unwrap()],
+        interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
+        acked_features: 0,
+    })
+    .unwrap();
+    let (mut worst, mut total, mut calls) = (Duration::ZERO, Duration::ZERO, 0);
+    loop {
+        let t = Instant::now();
+        dev.process_queue(0);
+        let took = t.elapsed();
+        worst = worst.max(took);
+        total += took;
+        calls += 1;
+        // As the event loop does: come back while the device re-armed.
+        if notify.read().is_err() {
+            break;
+        }
+    }
+    let used: u16 = mem.read_obj(GuestAddress(0xc000 + 2)).unwrap();
+    assert_eq!(used, 256, "the flood was drained");
+    (worst, total, calls)
+}
+
 fn main() {
     let path = std::env::temp_dir().join(format!("ember-blk-bench-{}", std::process::id()));
     std::fs::write(&path, vec![7u8; DISK as usize]).unwrap();
@@ -121,5 +200,20 @@ fn main() {
             );
         }
     }
+    let budget_ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (w, t, c) = flood(&path, SEG_MAX as u16, SIZE_MAX);
+    println!(
+        "blk_flood_max_requests  256 x {} MiB reads: worst process_queue {:.2} ms, {c} calls, {:.1} ms in all (budget {} MiB per call)",
+        (u64::from(SEG_MAX) * u64::from(SIZE_MAX)) >> 20,
+        budget_ms(w),
+        budget_ms(t),
+        WORK_BYTES_PER_EVENT >> 20
+    );
+    let (w, t, c) = flood(&path, 1, 256 << 20);
+    println!(
+        "blk_flood_256mib_claims 256 x 256 MiB claims: worst process_queue {:.3} ms, {c} calls, {:.3} ms in all",
+        budget_ms(w),
+        budget_ms(t)
+    );
     let _ = std::fs::remove_file(&path);
 }

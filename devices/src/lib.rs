@@ -5,6 +5,7 @@
 pub mod bus;
 pub mod i8042;
 pub mod pvpanic;
+pub mod ratelimit;
 pub mod serial;
 pub mod sleep;
 pub mod virtio;

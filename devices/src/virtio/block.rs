@@ -8,11 +8,12 @@ use std::io::{Seek, SeekFrom};
 use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{Activation, Interrupt, VirtioDevice, INT_VRING};
+use crate::ratelimit::LogLimiter;
 
 pub const SECTOR_SIZE: u64 = 512;
 const QUEUE_SIZE: u16 = 256;
@@ -21,9 +22,20 @@ const VIRTIO_BLK_F_SIZE_MAX: u64 = 1 << 1;
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
-/// Largest single data segment and segment count the device accepts.
-const SIZE_MAX: u32 = 1 << 20;
-const SEG_MAX: u32 = (QUEUE_SIZE - 2) as u32;
+/// Largest single data segment and segment count the device accepts
+/// (advertised with VIRTIO_BLK_F_SIZE_MAX / VIRTIO_BLK_F_SEG_MAX, and
+/// enforced: a request over either gets VIRTIO_BLK_S_IOERR). Together they
+/// bound one request to 4 MiB of data, the per-event budget.
+pub const SIZE_MAX: u32 = 32 << 10;
+pub const SEG_MAX: u32 = 128;
+/// Data bytes one `process_queue` call moves at most: once the next request
+/// would go past it, the call stops and writes the queue's own eventfd, so
+/// the event loop comes back to the disk after serving everything else.
+pub const WORK_BYTES_PER_EVENT: u64 = 4 << 20;
+/// What a FLUSH costs against that budget (an fdatasync can take a while).
+const FLUSH_COST: u64 = 1 << 20;
+/// What any request costs at least (GET_ID, malformed chains, errors).
+const MIN_COST: u64 = 4 << 10;
 const VIRTIO_BLK_ID_BYTES: usize = 20;
 
 pub const VIRTIO_BLK_T_IN: u32 = 0;
@@ -52,8 +64,12 @@ pub struct Block {
     capacity_bytes: u64,
     read_only: bool,
     id: [u8; VIRTIO_BLK_ID_BYTES],
+    /// The id given to `new`, for host-side log lines.
+    name: String,
     state: State,
     queue_sizes: [u16; 1],
+    /// Every guest-triggerable line goes through here.
+    log: LogLimiter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,8 +96,10 @@ impl Block {
             capacity_bytes: len,
             read_only,
             id: id_bytes,
+            name: id.to_string(),
             state: State::Inactive,
             queue_sizes: [QUEUE_SIZE],
+            log: LogLimiter::new(),
         })
     }
 
@@ -102,28 +120,66 @@ struct Request {
     status: Descriptor,
 }
 
-/// Splits a chain into header, data and status, checking directions and
-/// that every buffer lies in guest RAM. None: malformed.
-fn parse(mem: &GuestMemoryMmap, descs: Vec<Descriptor>) -> Option<Request> {
-    let (first, rest) = descs.split_first()?;
-    let (status, data) = rest.split_last()?;
+/// What a chain turned out to be.
+enum Parsed {
+    /// No usable status byte, or buffers outside RAM: returned with length
+    /// 0, nothing touched.
+    Malformed,
+    /// A status byte, but more data segments than SEG_MAX or one larger than
+    /// SIZE_MAX: VIRTIO_BLK_S_IOERR, nothing else touched.
+    TooLarge(Descriptor),
+    Request(Request),
+}
+
+/// Splits a chain into header, data and status, checking directions, that
+/// every buffer lies in guest RAM, and the advertised segment limits.
+fn parse(mem: &GuestMemoryMmap, descs: Vec<Descriptor>) -> Parsed {
+    let Some((first, rest)) = descs.split_first() else {
+        return Parsed::Malformed;
+    };
+    let Some((status, data)) = rest.split_last() else {
+        return Parsed::Malformed;
+    };
     if first.is_write_only() || first.len() < 16 || !status.is_write_only() || status.len() < 1 {
-        return None;
+        return Parsed::Malformed;
     }
     let all_in_ram = descs
         .iter()
         .all(|d| mem.check_range(d.addr(), d.len() as usize));
     if !all_in_ram {
-        return None;
+        return Parsed::Malformed;
     }
-    let kind: u32 = mem.read_obj(first.addr()).ok()?;
-    let sector: u64 = mem.read_obj(first.addr().checked_add(8)?).ok()?;
-    Some(Request {
+    if data.len() > SEG_MAX as usize || data.iter().any(|d| d.len() > SIZE_MAX) {
+        return Parsed::TooLarge(*status);
+    }
+    let header = (
+        mem.read_obj::<u32>(first.addr()),
+        first.addr().checked_add(8).map(|a| mem.read_obj::<u64>(a)),
+    );
+    let (Ok(kind), Some(Ok(sector))) = header else {
+        return Parsed::Malformed;
+    };
+    Parsed::Request(Request {
         kind,
         sector,
         data: data.to_vec(),
         status: *status,
     })
+}
+
+impl Request {
+    /// What running it costs against WORK_BYTES_PER_EVENT.
+    fn cost(&self) -> u64 {
+        let bytes = match self.kind {
+            VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
+                // At most SEG_MAX * SIZE_MAX: no overflow.
+                self.data.iter().map(|d| u64::from(d.len())).sum()
+            }
+            VIRTIO_BLK_T_FLUSH => FLUSH_COST,
+            _ => 0,
+        };
+        bytes.max(MIN_COST)
+    }
 }
 
 impl Block {
@@ -184,29 +240,34 @@ impl Block {
     }
 
     /// Runs one request; returns the used length (bytes written to guest
-    /// memory, status byte included), 0 for a malformed chain.
-    fn execute(&mut self, mem: &GuestMemoryMmap, descs: Vec<Descriptor>) -> u32 {
-        let Some(r) = parse(mem, descs) else { return 0 };
+    /// memory, status byte included).
+    fn execute(&mut self, mem: &GuestMemoryMmap, r: &Request) -> u32 {
         let result = match r.kind {
-            VIRTIO_BLK_T_IN => self.read(mem, &r),
-            VIRTIO_BLK_T_OUT => self.write(mem, &r),
+            VIRTIO_BLK_T_IN => self.read(mem, r),
+            VIRTIO_BLK_T_OUT => self.write(mem, r),
             VIRTIO_BLK_T_FLUSH => self
                 .file
                 .sync_data()
                 .map(|_| 0)
                 .map_err(|_| VIRTIO_BLK_S_IOERR),
-            VIRTIO_BLK_T_GET_ID => self.get_id(mem, &r),
+            VIRTIO_BLK_T_GET_ID => self.get_id(mem, r),
             _ => Err(VIRTIO_BLK_S_UNSUPP),
         };
         let (written, status) = match result {
             Ok(n) => (n, VIRTIO_BLK_S_OK),
             Err(s) => (0, s),
         };
-        if mem.write_obj(status, r.status.addr()).is_err() {
-            return 0;
-        }
-        written.saturating_add(1)
+        complete(mem, &r.status, status, written)
     }
+}
+
+/// Writes the status byte; returns the used length (`written` data bytes
+/// plus the status byte), 0 if the status byte cannot be written.
+fn complete(mem: &GuestMemoryMmap, status_desc: &Descriptor, status: u8, written: u32) -> u32 {
+    if mem.write_obj(status, status_desc.addr()).is_err() {
+        return 0;
+    }
+    written.saturating_add(1)
 }
 
 impl VirtioDevice for Block {
@@ -247,15 +308,31 @@ impl VirtioDevice for Block {
         self.state = State::Inactive;
     }
 
-    /// Serves at most one queue's worth of chains, then re-signals itself
-    /// if more wait, so one busy disk cannot starve the event loop.
+    /// fdatasync of the backing file, whatever the state (a write-back
+    /// host page cache would otherwise hold the guest's last writes).
+    fn shutdown(&mut self) {
+        if self.read_only {
+            return;
+        }
+        if let Err(e) = self.file.sync_data() {
+            log::error!(
+                "virtio-blk {}: cannot sync the disk at shutdown: {e}",
+                self.name
+            );
+        }
+    }
+
+    /// Serves chains until WORK_BYTES_PER_EVENT data bytes or a queue's
+    /// worth of chains are done, whichever comes first; if work may remain it
+    /// writes the queue's own eventfd, so the event loop comes back after
+    /// serving its other sources (no caller change needed).
     fn process_queue(&mut self, _index: usize) {
         let State::Active {
             mem,
-            queue,
-            notify,
             interrupt,
             broken,
+            queue,
+            ..
         } = &mut self.state
         else {
             return;
@@ -263,41 +340,95 @@ impl VirtioDevice for Block {
         if *broken {
             return;
         }
-        let _ = notify;
         let (mem, interrupt) = (mem.clone(), interrupt.clone());
-        let mut done = 0u16;
-        let budget = queue.size();
-        let mut pending = Vec::new();
-        while done < budget {
+        let max_chains = queue.size();
+        let mut chains = 0u16;
+        let mut spent = 0u64;
+        let mut more = false;
+        loop {
+            if chains == max_chains {
+                more = true;
+                break;
+            }
             let State::Active { queue, broken, .. } = &mut self.state else {
                 return;
             };
-            let next = match super::pop_chain(queue, &mem) {
+            // Loops are caught at queue size; seg_max is checked by parse
+            // (more segments get IOERR, not a silent cut).
+            let next = match super::pop_chain(queue, &mem, usize::from(max_chains)) {
                 Ok(next) => next,
                 Err(e) => {
-                    log::warn!("virtio-blk: queue broken by the driver ({e}); waiting for a reset");
+                    self.log.warn(
+                        "broken",
+                        format_args!(
+                            "virtio-blk: queue broken by the driver ({e}); waiting for a reset"
+                        ),
+                    );
                     *broken = true;
                     break;
                 }
             };
-            let Some((head, descs)) = next else { break };
-            let used = self.execute(&mem, descs);
-            pending.push((head, used));
-            done += 1;
-        }
-        let State::Active { queue, notify, .. } = &mut self.state else {
-            return;
-        };
-        for (head, used) in pending {
+            let (head, descs) = match next {
+                None => break,
+                Some(super::Popped::Chain { head, descs }) => (head, descs),
+                Some(super::Popped::Bad { head, why }) => {
+                    self.log.warn(
+                        "bad-chain",
+                        format_args!("virtio-blk: refusing chain {head}: {why}"),
+                    );
+                    (head, Vec::new())
+                }
+            };
+            // An empty chain parses as malformed: length 0, nothing touched.
+            let used = match parse(&mem, descs) {
+                Parsed::Malformed => {
+                    spent = spent.saturating_add(MIN_COST);
+                    0
+                }
+                Parsed::TooLarge(status) => {
+                    spent = spent.saturating_add(MIN_COST);
+                    complete(&mem, &status, VIRTIO_BLK_S_IOERR, 0)
+                }
+                Parsed::Request(r) => {
+                    let cost = r.cost();
+                    if spent > 0 && spent.saturating_add(cost) > WORK_BYTES_PER_EVENT {
+                        // Leave it for the next turn.
+                        queue.go_to_previous_position();
+                        more = true;
+                        break;
+                    }
+                    spent = spent.saturating_add(cost);
+                    self.execute(&mem, &r)
+                }
+            };
+            chains += 1;
+            let State::Active { queue, .. } = &mut self.state else {
+                return;
+            };
             if let Err(e) = queue.add_used(&mem, head, used) {
-                log::warn!("virtio-blk: cannot return descriptor {head}: {e}");
+                self.log.warn(
+                    "add-used",
+                    format_args!("virtio-blk: cannot return descriptor {head}: {e}"),
+                );
+            }
+            if spent >= WORK_BYTES_PER_EVENT {
+                more = true;
+                break;
             }
         }
-        if done > 0 {
+        let State::Active { notify, .. } = &mut self.state else {
+            return;
+        };
+        if chains > 0 {
             interrupt.raise(INT_VRING);
         }
-        if done == budget {
-            let _ = notify.write(1);
+        if more {
+            if let Err(e) = notify.write(1) {
+                self.log.warn(
+                    "rearm",
+                    format_args!("virtio-blk: cannot re-signal the queue: {e}"),
+                );
+            }
         }
     }
 }
@@ -306,7 +437,9 @@ impl VirtioDevice for Block {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_bindings::bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
@@ -540,12 +673,78 @@ mod tests {
     }
 
     #[test]
-    fn a_looping_chain_terminates() {
+    fn a_looping_chain_is_refused_whole() {
         let r = rig("loop");
         header(&r.mem, VIRTIO_BLK_T_IN, 0);
-        // 0 -> 1 -> 0 -> ...: the chain iterator stops after queue-size steps.
-        let (used, _) = run(&r, false, &[desc(HDR, 16, N, 1), desc(DATA, 512, W | N, 0)]);
-        assert_eq!(used.len(), 1);
+        // 0 -> 1 -> 0 -> ...: refused after queue-size steps, length 0
+        // (virtio-queue's iterator cut it, and the data buffer became the
+        // status byte).
+        r.mem.write_slice(&[0xee; 8], GuestAddress(DATA)).unwrap();
+        let (used, status) = run(&r, false, &[desc(HDR, 16, N, 1), desc(DATA, 512, W | N, 0)]);
+        assert_eq!((used, status), (vec![0], 0xff));
+        assert_eq!(r.mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(), 0xee);
+    }
+
+    #[test]
+    fn a_chain_cut_by_next_beyond_the_queue_is_refused_whole() {
+        let r = rig("cut");
+        header(&r.mem, VIRTIO_BLK_T_IN, 0);
+        r.mem.write_slice(&[0xee; 8], GuestAddress(DATA)).unwrap();
+        // The data descriptor chains to 300 in a 16-entry queue: the real
+        // status descriptor is never reached. Before, virtio-queue stopped
+        // there and the data buffer was taken as the status byte.
+        let (used, status) = run(
+            &r,
+            false,
+            &[
+                desc(HDR, 16, N, 1),
+                desc(DATA, 512, W | N, 300),
+                desc(STATUS, 1, W, 0),
+            ],
+        );
+        assert_eq!((used, status), (vec![0], 0xff), "status untouched");
+        assert_eq!(
+            r.mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(),
+            0xee,
+            "no status written into the data buffer"
+        );
+    }
+
+    #[test]
+    fn indirect_descriptors_are_refused_when_not_negotiated() {
+        let r = rig("indirect");
+        header(&r.mem, VIRTIO_BLK_T_IN, 0);
+        // An indirect table at 0x5_0000 holding a good read request.
+        let table = [
+            desc(HDR, 16, N, 1),
+            desc(DATA, 512, W | N, 2),
+            desc(STATUS, 1, W, 0),
+        ];
+        for (i, d) in table.iter().enumerate() {
+            r.mem
+                .write_obj(*d, GuestAddress(0x5_0000 + 16 * i as u64))
+                .unwrap();
+        }
+        let indirect = VRING_DESC_F_INDIRECT as u16;
+        let (used, status) = run(&r, false, &[desc(0x5_0000, 48, indirect, 0)]);
+        assert_eq!((used, status), (vec![0], 0xff), "not followed");
+    }
+
+    #[test]
+    fn chains_over_4_gib_in_total_are_refused_whole() {
+        let r = rig("4g");
+        header(&r.mem, VIRTIO_BLK_T_IN, 0);
+        let (used, status) = run(
+            &r,
+            false,
+            &[
+                desc(HDR, 16, N, 1),
+                desc(DATA, 0x8000_0000, W | N, 2),
+                desc(DATA, 0x8000_0000, W | N, 3),
+                desc(STATUS, 1, W, 0),
+            ],
+        );
+        assert_eq!((used, status), (vec![0], 0xff));
     }
 
     #[test]
@@ -585,5 +784,279 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(e, BlockError::Size(1000)));
+    }
+
+    /// A disk of `sectors` sectors (sparse past the first 64) and a device on
+    /// a `size`-entry queue whose avail ring the test fills itself.
+    fn big_device(
+        r: &Rig,
+        sectors: u64,
+        size: u16,
+    ) -> (Block, MockSplitQueue<'_, GuestMemoryMmap>, EventFd) {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&r.path)
+            .unwrap();
+        file.set_len(sectors * SECTOR_SIZE).unwrap();
+        let mut dev = Block::new(file, false, "big").unwrap();
+        let vq = MockSplitQueue::create(&r.mem, GuestAddress(0x8000), size);
+        let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+        // The mock puts its used ring 4 + size bytes after the avail ring,
+        // inside it for big queues: move it out of the way.
+        let mut q = vq.create_queue::<Queue>().unwrap();
+        q.try_set_used_ring_address(GuestAddress(USED)).unwrap();
+        dev.activate(Activation {
+            mem: r.mem.clone(),
+            queues: vec![q],
+            queue_events: vec![notify.try_clone().unwrap()],
+            interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
+            acked_features: 0,
+        })
+        .unwrap();
+        (dev, vq, notify)
+    }
+
+    /// Writes descriptors at table index 0.. (as they are: flags and next
+    /// included) and makes `heads` available.
+    fn post(
+        mem: &GuestMemoryMmap,
+        vq: &MockSplitQueue<GuestMemoryMmap>,
+        descs: &[RawDescriptor],
+        heads: &[u16],
+    ) {
+        for (i, d) in descs.iter().enumerate() {
+            vq.desc_table().store(i as u16, *d).unwrap();
+        }
+        let size = vq.desc_table().total_size() / 16;
+        let idx_addr = vq.avail_addr().unchecked_add(2);
+        let mut idx: u16 = mem.read_obj(idx_addr).unwrap();
+        for h in heads {
+            let slot = vq
+                .avail_addr()
+                .unchecked_add(4 + 2 * (u64::from(idx) % size));
+            mem.write_obj(*h, slot).unwrap();
+            idx = idx.wrapping_add(1);
+        }
+        mem.write_obj(idx, idx_addr).unwrap();
+    }
+
+    /// Where `big_device` puts the used ring.
+    const USED: u64 = 0xc000;
+
+    fn used_ring(mem: &GuestMemoryMmap, vq: &MockSplitQueue<GuestMemoryMmap>) -> Vec<(u32, u32)> {
+        let used = GuestAddress(USED);
+        let idx: u16 = mem.read_obj(used.unchecked_add(2)).unwrap();
+        let size = vq.desc_table().total_size() / 16;
+        (0..u64::from(idx).min(size))
+            .map(|i| {
+                let e = used.unchecked_add(4 + i * 8);
+                (
+                    mem.read_obj(e).unwrap(),
+                    mem.read_obj(e.unchecked_add(4)).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// A chain at index 0: header, `segs` data segments of `len` bytes (all
+    /// on the same guest buffer, which is legal), status.
+    fn wide_chain(segs: u16, len: u32, flags: u16) -> Vec<RawDescriptor> {
+        let mut c = vec![desc(HDR, 16, N, 1)];
+        for i in 0..segs {
+            c.push(desc(DATA, len, flags | N, i + 2));
+        }
+        c.push(desc(STATUS, 1, W, 0));
+        c
+    }
+
+    #[test]
+    fn size_max_and_seg_max_are_advertised_and_enforced() {
+        let r = rig("limits");
+        let file = std::fs::File::open(&r.path).unwrap();
+        let dev = Block::new(file, true, "x").unwrap();
+        assert_ne!(dev.features() & VIRTIO_BLK_F_SIZE_MAX, 0);
+        assert_ne!(dev.features() & VIRTIO_BLK_F_SEG_MAX, 0);
+        let mut c = [0u8; 8];
+        dev.read_config(8, &mut c);
+        assert_eq!(u32::from_le_bytes(c[..4].try_into().unwrap()), SIZE_MAX);
+        assert_eq!(u32::from_le_bytes(c[4..].try_into().unwrap()), SEG_MAX);
+        assert!(u64::from(SIZE_MAX) * u64::from(SEG_MAX) <= WORK_BYTES_PER_EVENT);
+
+        for (segs, len) in [
+            (1u16, SIZE_MAX + 512),     // one segment too large
+            (SEG_MAX as u16 + 1, 512),  // one segment too many
+            (SEG_MAX as u16, SIZE_MAX), // at the limits: fine
+        ] {
+            let r = rig("limits2");
+            header(&r.mem, VIRTIO_BLK_T_IN, 0);
+            r.mem.write_slice(&[0xee; 64], GuestAddress(DATA)).unwrap();
+            let (mut dev, vq, _) = big_device(&r, 16384, 256);
+            post(&r.mem, &vq, &wide_chain(segs, len, W), &[0]);
+            dev.process_queue(0);
+            let status: u8 = r.mem.read_obj(GuestAddress(STATUS)).unwrap();
+            let over = len > SIZE_MAX || u32::from(segs) > SEG_MAX;
+            if over {
+                assert_eq!(status, VIRTIO_BLK_S_IOERR, "{segs} x {len}");
+                assert_eq!(used_ring(&r.mem, &vq), vec![(0, 1)]);
+                let mut b = [0u8; 64];
+                r.mem.read_slice(&mut b, GuestAddress(DATA)).unwrap();
+                assert_eq!(b, [0xee; 64], "no data moved");
+            } else {
+                assert_eq!(status, VIRTIO_BLK_S_OK);
+                let want = u32::from(segs) * len + 1;
+                assert_eq!(used_ring(&r.mem, &vq), vec![(0, want)]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_flood_of_maximal_requests_is_served_4_mib_per_event_and_re_arms() {
+        let r = rig("flood");
+        header(&r.mem, VIRTIO_BLK_T_IN, 0);
+        let (mut dev, vq, notify) = big_device(&r, 16384, 256);
+        // 256 avail entries, every one the same legal 4 MiB read.
+        post(
+            &r.mem,
+            &vq,
+            &wide_chain(SEG_MAX as u16, SIZE_MAX, W),
+            &[0; 256],
+        );
+        let request = u64::from(SEG_MAX) * u64::from(SIZE_MAX);
+        let mut calls = 0;
+        let mut served = 0;
+        while served < 256 {
+            dev.process_queue(0);
+            calls += 1;
+            let used = used_ring(&r.mem, &vq);
+            let this_call = &used[served..];
+            let bytes: u64 = this_call.iter().map(|(_, len)| u64::from(*len - 1)).sum();
+            assert!(bytes <= WORK_BYTES_PER_EVENT, "{bytes} bytes in one call");
+            assert!(!this_call.is_empty(), "progress every call");
+            assert!(this_call.iter().all(|e| *e == (0, request as u32 + 1)));
+            served = used.len();
+            if served < 256 {
+                assert_eq!(notify.read().unwrap(), 1, "re-armed while work remains");
+            }
+            assert!(calls <= 256);
+        }
+        assert_eq!(calls, 256, "one 4 MiB request per call");
+    }
+
+    #[test]
+    fn a_flood_of_oversized_claims_is_refused_cheaply() {
+        let r = rig("claims");
+        header(&r.mem, VIRTIO_BLK_T_IN, 0);
+        let (mut dev, vq, _) = big_device(&r, 16384, 256);
+        // 256 chains claiming 256 MiB each: outside this 1 MiB guest, and
+        // over size_max anyway. Then the same with 64 KiB segments in RAM.
+        post(&r.mem, &vq, &wide_chain(1, 256 << 20, W), &[0; 256]);
+        dev.process_queue(0);
+        let used = used_ring(&r.mem, &vq);
+        assert_eq!(used, vec![(0, 0); 256], "malformed: length 0");
+        assert_eq!(r.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0xff);
+        let r = rig("claims2");
+        header(&r.mem, VIRTIO_BLK_T_IN, 0);
+        let (mut dev, vq, _) = big_device(&r, 16384, 256);
+        post(&r.mem, &vq, &wide_chain(1, 64 << 10, W), &[0; 256]);
+        dev.process_queue(0);
+        assert_eq!(used_ring(&r.mem, &vq), vec![(0, 1); 256]);
+        assert_eq!(
+            r.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(),
+            VIRTIO_BLK_S_IOERR
+        );
+    }
+
+    #[test]
+    fn shutdown_syncs_an_inactive_and_an_active_disk_and_returns() {
+        let r = rig("shutdown");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&r.path)
+            .unwrap();
+        let mut dev = Block::new(file, false, "sd").unwrap();
+        dev.shutdown();
+        let vq = MockSplitQueue::create(&r.mem, GuestAddress(0x8000), 16);
+        header(&r.mem, VIRTIO_BLK_T_OUT, 1);
+        r.mem.write_slice(&[0x5a; 512], GuestAddress(DATA)).unwrap();
+        vq.add_desc_chains(&chain(512, 0), 0).unwrap();
+        dev.activate(Activation {
+            mem: r.mem.clone(),
+            queues: vec![vq.create_queue::<Queue>().unwrap()],
+            queue_events: vec![EventFd::new(EFD_NONBLOCK).unwrap()],
+            interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
+            acked_features: 0,
+        })
+        .unwrap();
+        dev.process_queue(0);
+        dev.shutdown();
+        dev.shutdown();
+        assert!(disk(&r)[512..1024].iter().all(|b| *b == 0x5a));
+        // Through the transport too, in any state.
+        let file = std::fs::File::open(&r.path).unwrap();
+        let mut t = crate::virtio::mmio::MmioTransport::new(
+            Box::new(Block::new(file, true, "ro").unwrap()),
+            r.mem.clone(),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+        )
+        .unwrap();
+        t.shutdown();
+    }
+
+    #[test]
+    fn the_same_head_made_available_twice_is_completed_once_per_entry() {
+        let r = rig("twice");
+        header(&r.mem, VIRTIO_BLK_T_IN, 2);
+        let (mut dev, vq, _) = big_device(&r, 64, 16);
+        post(&r.mem, &vq, &chain(512, W), &[0, 0, 0]);
+        dev.process_queue(0);
+        dev.process_queue(0);
+        // Three avail entries, three used entries, each the whole request.
+        assert_eq!(used_ring(&r.mem, &vq), vec![(0, 513); 3]);
+        assert_eq!(r.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0);
+        let mut b = [0u8; 512];
+        r.mem.read_slice(&mut b, GuestAddress(DATA)).unwrap();
+        assert!(b.iter().all(|x| *x == 2), "sector 2, not a mix");
+    }
+
+    #[test]
+    fn a_backing_file_error_is_ioerr_and_the_device_keeps_working() {
+        // The file is open read-only but the device was told it is
+        // writable: every write fails at run time (EBADF), as a full or
+        // failing disk would.
+        let r = rig("ioerr");
+        let file = std::fs::File::open(&r.path).unwrap();
+        let mut dev = Block::new(file, false, "failing").unwrap();
+        let vq = MockSplitQueue::create(&r.mem, GuestAddress(0x8000), 16);
+        header(&r.mem, VIRTIO_BLK_T_OUT, 0);
+        r.mem.write_slice(&[0xab; 512], GuestAddress(DATA)).unwrap();
+        vq.add_desc_chains(&chain(512, 0), 0).unwrap();
+        dev.activate(Activation {
+            mem: r.mem.clone(),
+            queues: vec![vq.create_queue::<Queue>().unwrap()],
+            queue_events: vec![EventFd::new(EFD_NONBLOCK).unwrap()],
+            interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
+            acked_features: 0,
+        })
+        .unwrap();
+        dev.process_queue(0);
+        assert_eq!(
+            r.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(),
+            VIRTIO_BLK_S_IOERR
+        );
+        // The next request (a read) is served normally.
+        header(&r.mem, VIRTIO_BLK_T_IN, 3);
+        vq.add_desc_chains(&chain(512, W), 0).unwrap(); // table reused: the first is done
+        dev.process_queue(0);
+        assert_eq!(
+            r.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(),
+            VIRTIO_BLK_S_OK
+        );
+        let mut b = [0u8; 512];
+        r.mem.read_slice(&mut b, GuestAddress(DATA)).unwrap();
+        assert!(b.iter().all(|x| *x == 3));
+        let used_idx: u16 = r.mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap();
+        assert_eq!(used_idx, 2);
     }
 }

@@ -1,15 +1,23 @@
 //! The virtio-mmio register file (virtio 1.2, 4.2.2) and the device status
 //! state machine. Every guest write is checked against the state it is
-//! allowed in; anything else is ignored and logged once per kind.
+//! allowed in; anything else is ignored and logged, rate-limited per kind
+//! (a guest can repeat a bad access millions of times a second).
+//!
+//! The queue addresses the driver writes are kept here, whole (LOW and HIGH
+//! halves), and checked here: virtio-queue's setters log an `error!` on
+//! every misaligned value and keep the old one, so they are only called
+//! with values already known to be good, and `Queue::is_valid` (which logs
+//! too) is replaced by [`queue_layout_ok`].
 
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::bus::BusDevice;
+use crate::ratelimit::LogLimiter;
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
@@ -85,7 +93,7 @@ impl DeviceStatus {
     }
 }
 
-/// Kinds of ignored guest accesses, each logged once.
+/// Kinds of ignored guest accesses, each rate-limited on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ignored {
     Width,
@@ -95,6 +103,49 @@ enum Ignored {
     Notify,
     StatusTransition,
     ReadOnlyRegister,
+    QueueValue,
+    DriverOk,
+}
+
+impl Ignored {
+    fn key(self) -> &'static str {
+        match self {
+            Ignored::Width => "width",
+            Ignored::QueueRegisterOutOfState => "queue-register-state",
+            Ignored::FeaturesOutOfState => "features-state",
+            Ignored::QueueSel => "queue-sel",
+            Ignored::Notify => "notify",
+            Ignored::StatusTransition => "status",
+            Ignored::ReadOnlyRegister => "read-only",
+            Ignored::QueueValue => "queue-value",
+            Ignored::DriverOk => "driver-ok",
+        }
+    }
+}
+
+/// Logs an ignored guest access, rate-limited per kind.
+fn note(log: &mut LogLimiter, kind: Ignored, what: std::fmt::Arguments) {
+    log.warn(kind.key(), format_args!("virtio-mmio: ignoring {what}"));
+}
+
+/// Which queue address: index into [`MmioTransport::addrs`], and the
+/// alignment virtio 1.2 (2.7) requires of it.
+const ADDR_DESC: usize = 0;
+const ADDR_DRIVER: usize = 1;
+const ADDR_DEVICE: usize = 2;
+const ALIGN: [u64; 3] = [16, 2, 4];
+
+/// Whether a ready queue of `size` entries with rings at `addrs` (already
+/// known aligned) lies inside guest memory. The available ring at 0 is
+/// refused too: virtio-queue takes that for "not set up" and would refuse
+/// to iterate the queue later, leaving it wedged.
+fn queue_layout_ok(mem: &GuestMemoryMmap, size: u16, addrs: &[u64; 3]) -> bool {
+    let n = u64::from(size);
+    let lens = [16 * n, 6 + 2 * n, 6 + 8 * n];
+    addrs[ADDR_DRIVER] != 0
+        && addrs.iter().zip(lens).all(|(&a, len)| {
+            usize::try_from(len).is_ok_and(|len| mem.check_range(GuestAddress(a), len))
+        })
 }
 
 pub struct MmioTransport {
@@ -108,12 +159,16 @@ pub struct MmioTransport {
     /// or above the maximum; ring misaligned). virtio-queue keeps the old
     /// value then, so DRIVER_OK must fail instead.
     refused: Vec<[bool; 4]>,
+    /// Per queue, the ring addresses as the driver wrote them (descriptor table,
+    /// driver ring, device ring), both halves: a HIGH write completes the driver's LOW value,
+    /// not whatever virtio-queue kept after refusing it.
+    addrs: Vec<[u64; 3]>,
     status: DeviceStatus,
     device_features_sel: u32,
     driver_features_sel: u32,
     driver_features: u64,
     queue_sel: u32,
-    logged: Vec<Ignored>,
+    log: LogLimiter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +204,7 @@ impl MmioTransport {
             mem,
             interrupt: Arc::new(Interrupt::new(irq)),
             refused: vec![[false; 4]; queues.len()],
+            addrs: vec![[0; 3]; queues.len()],
             queues,
             queue_events,
             status: DeviceStatus::Reset,
@@ -156,7 +212,7 @@ impl MmioTransport {
             driver_features_sel: 0,
             driver_features: 0,
             queue_sel: 0,
-            logged: Vec::new(),
+            log: LogLimiter::new(),
         })
     }
 
@@ -189,6 +245,22 @@ impl MmioTransport {
         }
     }
 
+    /// The device's backend failed for good: stop watching `backend_fd`.
+    pub fn backend_failed(&self) -> bool {
+        self.device.backend_failed()
+    }
+
+    /// EPOLLERR/EPOLLHUP on `backend_fd` (the event loop tells the device).
+    pub fn backend_hangup(&mut self) {
+        self.device.backend_hangup();
+    }
+
+    /// The VM is ending: the device makes the guest's writes durable.
+    /// Callable in any state, more than once.
+    pub fn shutdown(&mut self) {
+        self.device.shutdown();
+    }
+
     /// Queue `index` was notified (from the event loop).
     pub fn process_queue(&mut self, index: usize) {
         if self.status == DeviceStatus::Running {
@@ -197,10 +269,7 @@ impl MmioTransport {
     }
 
     fn ignore(&mut self, kind: Ignored, what: std::fmt::Arguments) {
-        if !self.logged.contains(&kind) {
-            log::warn!("virtio-mmio: ignoring {what} (logged once)");
-            self.logged.push(kind);
-        }
+        note(&mut self.log, kind, what);
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -222,6 +291,7 @@ impl MmioTransport {
             q.reset();
         }
         self.refused.iter_mut().for_each(|r| *r = [false; 4]);
+        self.addrs.iter_mut().for_each(|a| *a = [0; 3]);
         self.status = DeviceStatus::Reset;
         self.driver_features = 0;
         self.device_features_sel = 0;
@@ -243,11 +313,15 @@ impl MmioTransport {
             .queues
             .iter()
             .zip(&self.refused)
-            .filter(|(q, _)| q.ready())
-            .all(|(q, refused)| !refused.contains(&true) && q.is_valid(&self.mem));
+            .zip(&self.addrs)
+            .filter(|((q, _), _)| q.ready())
+            .all(|((q, refused), addrs)| {
+                !refused.contains(&true) && queue_layout_ok(&self.mem, q.size(), addrs)
+            });
         if !any_ready || !all_valid {
-            log::warn!(
-                "virtio-mmio: refusing DRIVER_OK: a ready queue is invalid or none is ready"
+            self.ignore(
+                Ignored::DriverOk,
+                format_args!("DRIVER_OK: a ready queue is invalid or none is ready"),
             );
             return DeviceStatus::Failed { needs_reset: true };
         }
@@ -281,7 +355,10 @@ impl MmioTransport {
         match self.device.activate(activation) {
             Ok(()) => DeviceStatus::Running,
             Err(e) => {
-                log::error!("virtio-mmio: device activation failed: {e}");
+                self.log.error(
+                    "activate",
+                    format_args!("virtio-mmio: device activation failed: {e}"),
+                );
                 DeviceStatus::Failed { needs_reset: true }
             }
         }
@@ -344,48 +421,60 @@ impl MmioTransport {
         };
         let low = |old: u64| (old & !0xffff_ffff) | u64::from(value);
         let high = |old: u64| (old & 0xffff_ffff) | (u64::from(value) << 32);
-        let (setting, accepted) = match offset {
+        let which = match offset {
             reg::QUEUE_NUM => {
                 let ok = value != 0 && value.is_power_of_two() && value <= u32::from(q.max_size());
-                if ok {
-                    q.set_size(value as u16);
+                // Checked above, so try_set_size cannot fail (nor log).
+                if ok && q.try_set_size(value as u16).is_ok() {
+                    self.refused[sel][0] = false;
+                } else {
+                    self.refused[sel][0] = true;
+                    note(
+                        &mut self.log,
+                        Ignored::QueueValue,
+                        format_args!("QueueNum {value}"),
+                    );
                 }
-                (0, ok)
+                return;
             }
             reg::QUEUE_READY => {
                 q.set_ready(value == 1);
                 return;
             }
-            reg::QUEUE_DESC_LOW | reg::QUEUE_DESC_HIGH => {
-                let want = if offset == reg::QUEUE_DESC_LOW {
-                    low(q.desc_table())
-                } else {
-                    high(q.desc_table())
-                };
-                q.set_desc_table_address(Some(want as u32), Some((want >> 32) as u32));
-                (1, q.desc_table() == want)
-            }
-            reg::QUEUE_DRIVER_LOW | reg::QUEUE_DRIVER_HIGH => {
-                let want = if offset == reg::QUEUE_DRIVER_LOW {
-                    low(q.avail_ring())
-                } else {
-                    high(q.avail_ring())
-                };
-                q.set_avail_ring_address(Some(want as u32), Some((want >> 32) as u32));
-                (2, q.avail_ring() == want)
-            }
-            reg::QUEUE_DEVICE_LOW | reg::QUEUE_DEVICE_HIGH => {
-                let want = if offset == reg::QUEUE_DEVICE_LOW {
-                    low(q.used_ring())
-                } else {
-                    high(q.used_ring())
-                };
-                q.set_used_ring_address(Some(want as u32), Some((want >> 32) as u32));
-                (3, q.used_ring() == want)
-            }
+            reg::QUEUE_DESC_LOW | reg::QUEUE_DESC_HIGH => ADDR_DESC,
+            reg::QUEUE_DRIVER_LOW | reg::QUEUE_DRIVER_HIGH => ADDR_DRIVER,
+            reg::QUEUE_DEVICE_LOW | reg::QUEUE_DEVICE_HIGH => ADDR_DEVICE,
             _ => return,
         };
-        self.refused[sel][setting] = !accepted;
+        let old = self.addrs[sel][which];
+        let want = if matches!(
+            offset,
+            reg::QUEUE_DESC_LOW | reg::QUEUE_DRIVER_LOW | reg::QUEUE_DEVICE_LOW
+        ) {
+            low(old)
+        } else {
+            high(old)
+        };
+        self.addrs[sel][which] = want;
+        // The whole address decides, whichever half was written last.
+        let aligned = want % ALIGN[which] == 0;
+        if aligned {
+            let a = GuestAddress(want);
+            // Aligned, so none of these can fail (nor log).
+            let set = match which {
+                ADDR_DESC => q.try_set_desc_table_address(a),
+                ADDR_DRIVER => q.try_set_avail_ring_address(a),
+                _ => q.try_set_used_ring_address(a),
+            };
+            self.refused[sel][which + 1] = set.is_err();
+        } else {
+            self.refused[sel][which + 1] = true;
+            note(
+                &mut self.log,
+                Ignored::QueueValue,
+                format_args!("misaligned queue address {want:#x} (register {offset:#x})"),
+            );
+        }
     }
 
     fn read_register(&mut self, offset: u64) -> u32 {
@@ -693,5 +782,131 @@ mod tests {
         assert_eq!(r(&mut t, reg::STATUS), FAILED);
         w(&mut t, reg::STATUS, 0);
         assert_eq!(r(&mut t, reg::STATUS), 0);
+    }
+
+    use crate::ratelimit::capture;
+
+    /// Most lines a flood of one kind may log: the burst, plus one per
+    /// interval (the test runs well within one), for each kind involved.
+    const FEW: usize = 2 * (crate::ratelimit::BURST as usize + 1);
+
+    #[test]
+    fn a_flood_of_bad_register_writes_logs_a_handful_of_lines() {
+        capture::start();
+        let (mut t, _) = transport();
+        negotiate(&mut t);
+        for i in 0..100_000u32 {
+            // Misaligned descriptor table (virtio-queue's setter would log
+            // an error! for each of these).
+            w(&mut t, reg::QUEUE_DESC_LOW, 0x5001 + 2 * (i % 7));
+            w(&mut t, reg::QUEUE_DRIVER_LOW, 0x2001);
+            w(&mut t, reg::QUEUE_NUM, 3);
+        }
+        let (n, lines) = capture::lines();
+        assert!(n <= FEW, "{n} lines: {lines:?}");
+        assert!(n >= 1, "the first ones are logged");
+    }
+
+    #[test]
+    fn a_flood_of_bad_notifies_widths_and_states_logs_a_handful_of_lines() {
+        capture::start();
+        let (mut t, _) = transport();
+        for i in 0..100_000u32 {
+            w(&mut t, reg::QUEUE_NOTIFY, 5 + i % 3); // no such queue / not running
+            t.write(reg::STATUS, &[1, 2]); // wrong width
+            w(&mut t, reg::QUEUE_NUM, 16); // before FEATURES_OK
+            w(&mut t, reg::MAGIC, i); // read-only
+            w(&mut t, reg::STATUS, DRIVER_OK); // not a legal transition
+        }
+        let (n, lines) = capture::lines();
+        assert!(n <= 5 * FEW, "{n} lines: {lines:?}");
+    }
+
+    #[test]
+    fn refused_driver_ok_cycles_log_a_handful_of_lines() {
+        capture::start();
+        let (mut t, counts) = transport();
+        for i in 0..100_000u32 {
+            w(&mut t, reg::STATUS, 0);
+            negotiate(&mut t);
+            // Alternately misaligned and outside guest memory (the latter
+            // reached virtio-queue's Queue::is_valid, which logs error!s).
+            let desc = if i % 2 == 0 { 0x1008 } else { 0x20_0000 };
+            setup_queue(&mut t, 16, desc);
+            w(&mut t, reg::STATUS, ALL_OK);
+            assert_ne!(t.status(), DeviceStatus::Running);
+        }
+        assert_eq!(counts.activated.load(Ordering::SeqCst), 0);
+        let (n, lines) = capture::lines();
+        assert!(n <= FEW, "{n} lines: {lines:?}");
+    }
+
+    #[test]
+    fn a_high_write_after_a_refused_low_write_keeps_the_ring_refused() {
+        for (low, high) in [
+            (reg::QUEUE_DESC_LOW, reg::QUEUE_DESC_HIGH),
+            (reg::QUEUE_DRIVER_LOW, reg::QUEUE_DRIVER_HIGH),
+            (reg::QUEUE_DEVICE_LOW, reg::QUEUE_DEVICE_HIGH),
+        ] {
+            let (mut t, counts) = transport();
+            negotiate(&mut t);
+            setup_queue(&mut t, 16, 0x1000);
+            // Before: the LOW write was refused (virtio-queue kept 0), the
+            // HIGH write was "accepted" as 0 and cleared the refusal, and
+            // DRIVER_OK ran a queue at address 0.
+            w(&mut t, low, 0x5001);
+            w(&mut t, high, 0);
+            w(&mut t, reg::STATUS, ALL_OK);
+            assert_ne!(t.status(), DeviceStatus::Running, "{low:#x}");
+            assert_eq!(counts.activated.load(Ordering::SeqCst), 0);
+        }
+        // Correcting the LOW half makes the queue good again.
+        let (mut t, counts) = transport();
+        negotiate(&mut t);
+        setup_queue(&mut t, 16, 0x1000);
+        w(&mut t, reg::QUEUE_DESC_LOW, 0x5001);
+        w(&mut t, reg::QUEUE_DESC_HIGH, 0);
+        w(&mut t, reg::QUEUE_DESC_LOW, 0x5000);
+        w(&mut t, reg::STATUS, ALL_OK);
+        assert_eq!(t.status(), DeviceStatus::Running);
+        assert_eq!(counts.activated.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_high_half_beyond_memory_refuses_driver_ok() {
+        let (mut t, counts) = transport();
+        negotiate(&mut t);
+        setup_queue(&mut t, 16, 0x1000);
+        w(&mut t, reg::QUEUE_DEVICE_HIGH, 1); // 4 GiB + 0x3000: no RAM there
+        w(&mut t, reg::STATUS, ALL_OK);
+        assert_ne!(t.status(), DeviceStatus::Running);
+        assert_eq!(counts.activated.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn queue_registers_after_driver_ok_are_ignored_and_logged_a_few_times() {
+        capture::start();
+        let (mut t, counts) = transport();
+        negotiate(&mut t);
+        setup_queue(&mut t, 16, 0x1000);
+        w(&mut t, reg::STATUS, ALL_OK);
+        assert_eq!(t.status(), DeviceStatus::Running);
+        for i in 0..10_000u32 {
+            w(&mut t, reg::QUEUE_NUM, 4);
+            w(&mut t, reg::QUEUE_DESC_LOW, 0x5001 + i);
+            w(&mut t, reg::QUEUE_READY, 0);
+            w(&mut t, reg::QUEUE_SEL, 9);
+            w(&mut t, reg::QUEUE_NOTIFY, 9);
+            t.write(reg::QUEUE_NOTIFY, &[0]); // wrong width
+            w(&mut t, reg::QUEUE_SEL, 0);
+        }
+        assert_eq!(r(&mut t, reg::QUEUE_READY), 1, "still ready");
+        assert_eq!(t.status(), DeviceStatus::Running);
+        // The running queue is untouched: notifying queue 0 still works.
+        w(&mut t, reg::QUEUE_NOTIFY, 0);
+        assert_eq!(t.queue_events()[0].read().unwrap(), 1);
+        assert_eq!(counts.activated.load(Ordering::SeqCst), 1);
+        let (n, lines) = capture::lines();
+        assert!(n <= 3 * FEW, "{n} lines: {lines:?}");
     }
 }

@@ -13,19 +13,111 @@ use vmm_sys_util::eventfd::EventFd;
 /// VIRTIO_F_VERSION_1: the modern interface; every Ember device offers it.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
-/// Takes the next available chain: its head and its descriptors (at most
-/// queue-size of them: virtio-queue stops loops and out-of-range `next`).
-/// An error means the driver broke the queue (e.g. avail.idx too far
-/// ahead): the device must stop using it until a reset.
+/// Why a chain was refused whole. virtio-queue's own iterator silently
+/// cuts chains short (on a loop, a `next` beyond the queue, a length
+/// overflow) and follows indirect tables even when the feature was not
+/// negotiated; `pop_chain` walks the descriptor table itself instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadChain {
+    #[error("descriptor {index} chains to {next}, beyond the queue size")]
+    NextOutOfRange { index: u16, next: u16 },
+    #[error("descriptor {0} is indirect, and VIRTIO_RING_F_INDIRECT_DESC is not offered")]
+    Indirect(u16),
+    #[error("more than {0} descriptors (or a loop)")]
+    TooLong(usize),
+    #[error("over 4 GiB in total")]
+    TooBig,
+    #[error("descriptor {0} cannot be read")]
+    Unreadable(u16),
+}
+
+/// The driver broke the queue itself: the device must stop using it until
+/// a reset.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("the available ring is unusable: {0}")]
+    Avail(#[source] virtio_queue::Error),
+    #[error("the available ring names head {head}, beyond the queue size {size}")]
+    HeadOutOfRange { head: u16, size: u16 },
+}
+
+/// One chain taken off the available ring.
+#[derive(Debug)]
+pub enum Popped {
+    /// Its descriptors, in order; the last one has no NEXT flag.
+    Chain {
+        head: u16,
+        descs: Vec<virtio_queue::desc::split::Descriptor>,
+    },
+    /// Malformed: return `head` with used length 0 and touch nothing.
+    Bad { head: u16, why: BadChain },
+}
+
+/// Takes the next available chain and walks it, refusing it whole if it is
+/// cut short (the last descriptor still has NEXT, e.g. `next` beyond the
+/// queue), loops or has more than `max_descs` descriptors, has an indirect
+/// descriptor (Ember offers no VIRTIO_RING_F_INDIRECT_DESC), or adds up to
+/// more than 4 GiB. At most `min(max_descs, queue size)` descriptors are
+/// read. An error means the driver broke the queue (avail.idx too far
+/// ahead, a head beyond the queue).
 pub fn pop_chain(
     queue: &mut virtio_queue::Queue,
     mem: &GuestMemoryMmap,
-) -> Result<Option<(u16, Vec<virtio_queue::desc::split::Descriptor>)>, virtio_queue::Error> {
-    use virtio_queue::QueueOwnedT;
-    Ok(queue
-        .iter(mem)?
+    max_descs: usize,
+) -> Result<Option<Popped>, QueueError> {
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
+    use virtio_queue::desc::split::Descriptor;
+    use virtio_queue::{QueueOwnedT, QueueT};
+    use vm_memory::{Address, Bytes, GuestAddress};
+
+    let Some(head) = queue
+        .iter(mem)
+        .map_err(QueueError::Avail)?
         .next()
-        .map(|c| (c.head_index(), c.collect())))
+        .map(|c| c.head_index())
+    else {
+        return Ok(None);
+    };
+    let size = queue.size();
+    if head >= size {
+        return Err(QueueError::HeadOutOfRange { head, size });
+    }
+    let table = GuestAddress(queue.desc_table());
+    let max = max_descs.min(usize::from(size));
+    let mut descs = Vec::with_capacity(max.min(16));
+    let mut total = 0u32;
+    let mut index = head;
+    let bad = |why| Ok(Some(Popped::Bad { head, why }));
+    loop {
+        if descs.len() == max {
+            return bad(BadChain::TooLong(max));
+        }
+        // index < size <= 32768, so this cannot overflow.
+        let Some(addr) = table.checked_add(u64::from(index) * 16) else {
+            return bad(BadChain::Unreadable(index));
+        };
+        let Ok(d) = mem.read_obj::<Descriptor>(addr) else {
+            return bad(BadChain::Unreadable(index));
+        };
+        if d.flags() & VRING_DESC_F_INDIRECT as u16 != 0 {
+            return bad(BadChain::Indirect(index));
+        }
+        let Some(t) = total.checked_add(d.len()) else {
+            return bad(BadChain::TooBig);
+        };
+        total = t;
+        descs.push(d);
+        if d.flags() & VRING_DESC_F_NEXT as u16 == 0 {
+            return Ok(Some(Popped::Chain { head, descs }));
+        }
+        if d.next() >= size {
+            return bad(BadChain::NextOutOfRange {
+                index,
+                next: d.next(),
+            });
+        }
+        index = d.next();
+    }
 }
 
 /// Copies the part of a device's configuration space at `offset` into
@@ -69,6 +161,18 @@ pub trait VirtioDevice: Send {
     }
     /// `backend_fd` is readable.
     fn process_backend(&mut self) {}
+    /// The backend failed for good (e.g. the TAP interface was deleted):
+    /// the event loop must stop watching `backend_fd`; `backend_wanted`
+    /// stays false from then on.
+    fn backend_failed(&self) -> bool {
+        false
+    }
+    /// The event loop saw EPOLLERR or EPOLLHUP on `backend_fd`.
+    fn backend_hangup(&mut self) {}
+    /// The VM is ending (or the device is being dropped): make everything
+    /// the guest wrote durable (a disk syncs its file). Callable in any
+    /// state, more than once.
+    fn shutdown(&mut self) {}
 }
 
 /// What a device gets when the driver starts it.
