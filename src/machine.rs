@@ -143,7 +143,11 @@ impl Drop for Machine {
         }
         self.vcpus.clear();
         self.event_loop = None;
-        self.devices.clear();
+        // Disks fdatasync'ed on every way out: poweroff, reboot, crash,
+        // signal, stop(), drop, and a failed start.
+        for d in self.devices.drain(..) {
+            crate::lock(&d).shutdown();
+        }
         // The console (output drain, terminal restore) and then the KVM
         // descriptors and memory go with the fields.
     }

@@ -200,7 +200,17 @@ impl MutEventSubscriber for QueueEvents {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let index = events.data();
         if index == BACKEND {
-            crate::lock(&self.transport).process_backend();
+            let mut t = crate::lock(&self.transport);
+            // A deleted or detached TAP reports ERROR/HUP forever: the
+            // device marks its backend failed and stops wanting it, so the
+            // watch is removed below instead of spinning.
+            if events
+                .event_set()
+                .intersects(EventSet::ERROR | EventSet::HANG_UP)
+            {
+                t.backend_hangup();
+            }
+            t.process_backend();
         } else if let Some(e) = self.events.get(index as usize) {
             let _ = e.read();
             crate::lock(&self.transport).process_queue(index as usize);

@@ -30,8 +30,41 @@ fn guest_pings_the_host_and_moves_1_mib_each_way_over_tcp() {
     assert!(ping.contains("3 packets received"), "{ping}");
     tcp_both_ways(&console);
 
+    // The TAP deleted under a running guest: Ember logs it and stops
+    // watching it instead of spinning on EPOLLERR; the console still works.
+    ns.exec(&["link", "del", TAP]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let before = event_loop_cpu_ticks();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let spent = event_loop_cpu_ticks() - before;
+    assert!(
+        spent < 20,
+        "event loop used {spent} ticks of CPU in 2 s after the TAP went away"
+    );
+    assert_eq!(run(&console, "echo still here"), "still here");
+
     console.send_line("poweroff").unwrap();
     assert_eq!(vm.wait(), VmExit::Poweroff, "{}", console.transcript());
+}
+
+/// utime + stime of this process's event-loop thread, in clock ticks.
+fn event_loop_cpu_ticks() -> u64 {
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == "ember-events" {
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+            // Fields after the ")" that ends the name: utime is the 12th, stime the 13th.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .split_whitespace()
+                .collect();
+            return fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        }
+    }
+    panic!("no ember-events thread");
 }
 
 fn payload() -> Vec<u8> {
