@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::exit::{ExitSignal, VmExit};
+use crate::exit::{ExitSignal, HostFailure, VmExit};
 
 pub type Manager = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
@@ -55,7 +55,7 @@ impl EventLoop {
             .spawn(move || {
                 while !flag.load(Ordering::Acquire) {
                     if let Err(e) = manager.run() {
-                        exit.trigger(VmExit::HostError(format!("event loop failed: {e}")));
+                        exit.trigger(VmExit::HostError(HostFailure::EventLoop(Arc::new(e))));
                         return;
                     }
                 }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -18,7 +18,20 @@ pub enum VmExit {
     /// Ember stopped the VM.
     Stopped(StopReason),
     /// Ember failed on the host while the guest ran.
-    HostError(String),
+    HostError(HostFailure),
+}
+
+/// What failed on the host while the guest ran (the source says why).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostFailure {
+    #[error("KVM_RUN failed on vCPU {cpu}")]
+    KvmRun {
+        cpu: u8,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("the event loop failed")]
+    EventLoop(#[source] Arc<event_manager::Error>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +129,15 @@ impl fmt::Display for VmExit {
                 write!(f, "stopped from the console (Ctrl-A x)")
             }
             VmExit::Stopped(StopReason::Signal(n)) => write!(f, "stopped by signal {n}"),
-            VmExit::HostError(e) => write!(f, "Ember failed: {e}"),
+            VmExit::HostError(e) => {
+                write!(f, "Ember failed: {e}")?;
+                let mut source = std::error::Error::source(e);
+                while let Some(s) = source {
+                    write!(f, ": {s}")?;
+                    source = s.source();
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -41,7 +41,7 @@ mod x86_64;
 pub use config::{parse_size, ConfigError, ConsoleMode, DiskConfig, NetConfig, VmConfig};
 pub use console::{Console, ConsoleError};
 pub use error::Error;
-pub use exit::{Crash, CrashKind, StopReason, VmExit};
+pub use exit::{Crash, CrashKind, HostFailure, StopReason, VmExit};
 pub use loader::LoadError;
 pub use vm::Vm;
 

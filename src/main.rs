@@ -41,8 +41,9 @@ fn exit_code(exit: &VmExit) -> u8 {
             eprintln!("ember: {c}");
             3
         }
-        VmExit::HostError(e) => {
-            eprintln!("ember: {e}");
+        VmExit::HostError(_) => {
+            // "Ember failed: what: why", the whole chain.
+            eprintln!("ember: {exit}");
             1
         }
     }

@@ -11,7 +11,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::exit::{Crash, CrashKind, ExitSignal, VmExit};
+use crate::exit::{Crash, CrashKind, ExitSignal, HostFailure, VmExit};
 
 /// What the vCPU loop does after an exit.
 #[derive(Debug, PartialEq, Eq)]
@@ -152,9 +152,7 @@ pub fn run(
                 vcpu.set_kvm_immediate_exit(0);
                 continue;
             }
-            Err(e) => VcpuAction::Exit(VmExit::HostError(format!(
-                "KVM_RUN failed on vCPU {cpu}: {e}"
-            ))),
+            Err(source) => VcpuAction::Exit(VmExit::HostError(HostFailure::KvmRun { cpu, source })),
         };
         if let VcpuAction::Exit(mut reason) = action {
             if let VmExit::Crash(c) = &mut reason {

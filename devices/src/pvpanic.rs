@@ -3,6 +3,7 @@
 //! from an ordinary reboot.
 
 use crate::bus::BusDevice;
+use crate::ratelimit::LogLimiter;
 use crate::SignalLine;
 
 /// Event bit: the guest kernel panicked.
@@ -12,11 +13,16 @@ pub const PVPANIC_CRASH_LOADED: u8 = 1 << 1;
 
 pub struct PvPanic {
     panicked: SignalLine,
+    /// The guest chooses what is logged: rate-limited.
+    log: LogLimiter,
 }
 
 impl PvPanic {
     pub fn new(panicked: SignalLine) -> Self {
-        Self { panicked }
+        Self {
+            panicked,
+            log: LogLimiter::new(),
+        }
     }
 }
 
@@ -32,7 +38,11 @@ impl BusDevice for PvPanic {
         if value & PVPANIC_PANICKED != 0 {
             self.panicked.raise();
         } else if value & PVPANIC_CRASH_LOADED != 0 {
-            log::info!("pvpanic: guest reports a crash kernel loaded");
+            self.log.log(
+                log::Level::Info,
+                "crash-loaded",
+                format_args!("pvpanic: guest reports a crash kernel loaded"),
+            );
         }
     }
 }

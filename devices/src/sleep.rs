@@ -4,6 +4,7 @@
 //! SLP_TYP value means "soft off".
 
 use crate::bus::BusDevice;
+use crate::ratelimit::LogLimiter;
 use crate::SignalLine;
 
 /// SLP_TYP value for S5 that Ember's DSDT declares in `_S5`.
@@ -14,11 +15,16 @@ const SLP_TYP_MASK: u8 = 0b111;
 
 pub struct SleepControl {
     poweroff: SignalLine,
+    /// The guest chooses what is logged: rate-limited.
+    log: LogLimiter,
 }
 
 impl SleepControl {
     pub fn new(poweroff: SignalLine) -> Self {
-        Self { poweroff }
+        Self {
+            poweroff,
+            log: LogLimiter::new(),
+        }
     }
 }
 
@@ -34,7 +40,11 @@ impl BusDevice for SleepControl {
         }
         match (value >> SLP_TYP_SHIFT) & SLP_TYP_MASK {
             S5_SLEEP_TYPE => self.poweroff.raise(),
-            other => log::info!("acpi: guest asked for unsupported sleep type {other}; ignored"),
+            other => self.log.log(
+                log::Level::Info,
+                "sleep-type",
+                format_args!("acpi: guest asked for unsupported sleep type {other}; ignored"),
+            ),
         }
     }
 }

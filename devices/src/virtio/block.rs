@@ -288,11 +288,14 @@ impl VirtioDevice for Block {
         super::read_config_bytes(&self.config_bytes(), offset, data);
     }
 
-    fn activate(&mut self, a: Activation) -> Result<(), String> {
+    fn activate(&mut self, a: Activation) -> Result<(), super::ActivateError> {
         let mut queues = a.queues.into_iter();
         let mut events = a.queue_events.into_iter();
         let (Some(queue), Some(notify)) = (queues.next(), events.next()) else {
-            return Err("virtio-blk needs one queue".into());
+            return Err(super::ActivateError::MissingQueues {
+                device: "virtio-blk",
+                needed: 1,
+            });
         };
         self.state = State::Active {
             mem: a.mem,

@@ -173,13 +173,14 @@ pub struct MmioTransport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("cannot create queue {index} of size {size}: {reason}")]
+    #[error("cannot create queue {index} of size {size}")]
     Queue {
         index: usize,
         size: u16,
-        reason: String,
+        #[source]
+        source: virtio_queue::Error,
     },
-    #[error("cannot create an eventfd: {0}")]
+    #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
 }
 
@@ -192,10 +193,10 @@ impl MmioTransport {
         let mut queues = Vec::new();
         let mut queue_events = Vec::new();
         for (index, &size) in device.queue_max_sizes().iter().enumerate() {
-            queues.push(Queue::new(size).map_err(|e| TransportError::Queue {
+            queues.push(Queue::new(size).map_err(|source| TransportError::Queue {
                 index,
                 size,
-                reason: e.to_string(),
+                source,
             })?);
             queue_events.push(EventFd::new(EFD_NONBLOCK).map_err(TransportError::EventFd)?);
         }
@@ -610,7 +611,7 @@ mod tests {
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             data[0] = offset as u8 + 0x40;
         }
-        fn activate(&mut self, _: Activation) -> Result<(), String> {
+        fn activate(&mut self, _: Activation) -> Result<(), super::super::ActivateError> {
             self.0.activated.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }

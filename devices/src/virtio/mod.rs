@@ -145,7 +145,7 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// The driver set DRIVER_OK: start serving `queues` with the features
     /// it accepted. Interrupts are raised through `interrupt`.
-    fn activate(&mut self, activation: Activation) -> Result<(), String>;
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// The driver reset the device: drop the queues, stop serving.
     fn reset(&mut self);
     /// Queue `index` was notified: do a bounded amount of its work.
@@ -173,6 +173,13 @@ pub trait VirtioDevice: Send {
     /// the guest wrote durable (a disk syncs its file). Callable in any
     /// state, more than once.
     fn shutdown(&mut self) {}
+}
+
+/// Why a device refused to start.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("{device} needs {needed} queue(s) and their eventfds")]
+    MissingQueues { device: &'static str, needed: usize },
 }
 
 /// What a device gets when the driver starts it.

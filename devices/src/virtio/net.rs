@@ -371,13 +371,16 @@ impl VirtioDevice for Net {
         super::read_config_bytes(&self.mac, offset, data);
     }
 
-    fn activate(&mut self, a: Activation) -> Result<(), String> {
+    fn activate(&mut self, a: Activation) -> Result<(), super::ActivateError> {
         let mut queues = a.queues.into_iter();
         let mut events = a.queue_events.into_iter();
         let (Some(rx), Some(tx), Some(_rx_notify), Some(tx_notify)) =
             (queues.next(), queues.next(), events.next(), events.next())
         else {
-            return Err("virtio-net needs two queues".into());
+            return Err(super::ActivateError::MissingQueues {
+                device: "virtio-net",
+                needed: 2,
+            });
         };
         self.state = State::Active {
             mem: a.mem,
