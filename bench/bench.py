@@ -8,6 +8,11 @@
   vmm_overhead_rss       Ember's RSS minus the guest RAM it has touched
                          (1 vCPU, 128M), idle tiny guest and the kit at its prompt
   create_destroy         VM create+destroy rate in one process (tiny guest)
+  poweroff_to_exit       a tiny guest prints "ready" and powers off through ACPI
+                         S5 with stdin an idle pipe (never written, never
+                         closed): its last COM1 byte -> Ember's exit, median of 20
+  sigterm_to_exit        the same with a guest that drains the FIFO and sleeps:
+                         SIGTERM -> exit 143, median of 20
   linux_boot_to_shell    the kit kernel + initramfs, spawn -> shell prompt,
                          Ember and QEMU -M microvm with the same kernel,
                          initramfs and arguments, as a ratio
@@ -67,6 +72,46 @@ def tiny_wall(elf, n):
         subprocess.run([EMBER, "run", "--kernel", elf], stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, check=True)
         out.append(time.perf_counter() - t0)
+    return out
+
+
+POWEROFF = """
+        .text
+        .globl _start
+_start: mov $COM1, %dx
+        in (%dx), %al
+        lea ready(%rip), %rbx
+        call puts
+        mov $0x510, %dx
+        mov $((5 << 2) | (1 << 5)), %al
+        out %al, (%dx)
+        hlt
+        PUTS_FN
+ready:  .asciz "ready\n"
+"""
+SLEEPER = open(os.path.join(ROOT, "tests/guests/rx_then.S")).read()
+
+
+def idle_pipe_exit(elf, n, signal=None):
+    """Seconds from the guest's "ready\n" (or from SIGTERM) to Ember's exit,
+    with stdin a pipe this process holds open and never writes."""
+    out = []
+    for _ in range(n):
+        p = subprocess.Popen([EMBER, "run", "--memory", "64M", "--kernel", elf], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert p.stdout.read(6) == b"ready\n"
+        t0 = time.perf_counter()
+        if signal is not None:
+            p.send_signal(signal)
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            out.append(float("inf"))
+            continue
+        out.append(time.perf_counter() - t0)
+        p.stdin.close()
     return out
 
 
@@ -138,6 +183,11 @@ def main():
     print(f"start_to_first_output_ms  median {median_ms(s):.1f}  min {min(s)*1000:.1f}  max {max(s)*1000:.1f}  (n={n}; ember run --kernel hello.elf, spawn -> first COM1 byte)")
     s = tiny_wall(hello, n)
     print(f"tiny_guest_wall_ms        median {median_ms(s):.1f}  min {min(s)*1000:.1f}  max {max(s)*1000:.1f}  (n={n}; ember run --kernel hello.elf, spawn -> exit 0)")
+
+    s = idle_pipe_exit(build_guest("poweroff", POWEROFF), n)
+    print(f"poweroff_to_exit_ms       median {median_ms(s):.2f}  min {min(s)*1000:.2f}  max {max(s)*1000:.2f}  (n={n}; stdin an idle pipe; guest's last COM1 byte -> exit 0)")
+    s = idle_pipe_exit(build_guest("sleeper", ".set THEN, 2\n" + SLEEPER), n, signal=15)
+    print(f"sigterm_to_exit_ms        median {median_ms(s):.2f}  min {min(s)*1000:.2f}  max {max(s)*1000:.2f}  (n={n}; stdin an idle pipe; SIGTERM -> exit 143)")
 
     vms = "100" if QUICK else "1000"
     subprocess.run(["cargo", "bench", "--quiet", "--bench", "lifecycle", "--", idle, vms], cwd=ROOT, check=True)

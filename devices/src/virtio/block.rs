@@ -481,6 +481,18 @@ mod tests {
         mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
     }
 
+    /// Activates `dev` on `queue` with throwaway eventfds.
+    fn start(dev: &mut Block, mem: &GuestMemoryMmap, queue: Queue) {
+        dev.activate(Activation {
+            mem: mem.clone(),
+            queues: vec![queue],
+            queue_events: vec![EventFd::new(EFD_NONBLOCK).unwrap()],
+            interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
+            acked_features: 0,
+        })
+        .unwrap();
+    }
+
     /// Runs the chains through a device; returns (used len per chain, status byte).
     fn run(r: &Rig, read_only: bool, chains: &[RawDescriptor]) -> (Vec<u32>, u8) {
         let file = std::fs::OpenOptions::new()
@@ -761,14 +773,7 @@ mod tests {
         r.mem
             .write_obj(100u16, vq.avail_addr().unchecked_add(2))
             .unwrap();
-        dev.activate(Activation {
-            mem: r.mem.clone(),
-            queues: vec![vq.create_queue::<Queue>().unwrap()],
-            queue_events: vec![EventFd::new(EFD_NONBLOCK).unwrap()],
-            interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
-            acked_features: 0,
-        })
-        .unwrap();
+        start(&mut dev, &r.mem, vq.create_queue::<Queue>().unwrap());
         dev.process_queue(0);
         dev.process_queue(0);
         let used_idx: u16 = r.mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap();
@@ -984,14 +989,7 @@ mod tests {
         header(&r.mem, VIRTIO_BLK_T_OUT, 1);
         r.mem.write_slice(&[0x5a; 512], GuestAddress(DATA)).unwrap();
         vq.add_desc_chains(&chain(512, 0), 0).unwrap();
-        dev.activate(Activation {
-            mem: r.mem.clone(),
-            queues: vec![vq.create_queue::<Queue>().unwrap()],
-            queue_events: vec![EventFd::new(EFD_NONBLOCK).unwrap()],
-            interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
-            acked_features: 0,
-        })
-        .unwrap();
+        start(&mut dev, &r.mem, vq.create_queue::<Queue>().unwrap());
         dev.process_queue(0);
         dev.shutdown();
         dev.shutdown();
@@ -1035,14 +1033,7 @@ mod tests {
         header(&r.mem, VIRTIO_BLK_T_OUT, 0);
         r.mem.write_slice(&[0xab; 512], GuestAddress(DATA)).unwrap();
         vq.add_desc_chains(&chain(512, 0), 0).unwrap();
-        dev.activate(Activation {
-            mem: r.mem.clone(),
-            queues: vec![vq.create_queue::<Queue>().unwrap()],
-            queue_events: vec![EventFd::new(EFD_NONBLOCK).unwrap()],
-            interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
-            acked_features: 0,
-        })
-        .unwrap();
+        start(&mut dev, &r.mem, vq.create_queue::<Queue>().unwrap());
         dev.process_queue(0);
         assert_eq!(
             r.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(),
@@ -1060,6 +1051,66 @@ mod tests {
         r.mem.read_slice(&mut b, GuestAddress(DATA)).unwrap();
         assert!(b.iter().all(|x| *x == 3));
         let used_idx: u16 = r.mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap();
+        assert_eq!(used_idx, 2);
+    }
+
+    /// BAD_INPUTS 16: a disk on a full tmpfs. Writes past the space fail
+    /// with ENOSPC at run time: IOERR to the guest, and the device serves
+    /// the next request.
+    #[test]
+    #[ignore = "needs root (mounts a tmpfs); make test runs it"]
+    fn a_disk_on_a_full_filesystem_gets_ioerr_and_keeps_working() {
+        let dir = std::env::temp_dir().join(format!("ember-blk-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount a 64 KiB tmpfs (needs root)");
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+                let _ = std::fs::remove_dir(&self.0);
+            }
+        }
+        let _unmount = Unmount(dir.clone());
+        // A sparse 1 MiB disk on a 64 KiB filesystem, which a filler file
+        // then fills up.
+        let path = dir.join("disk.img");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        file.set_len(1 << 20).unwrap();
+        let mut filler = std::fs::File::create(dir.join("filler")).unwrap();
+        while filler.write_all(&[0u8; 4096]).is_ok() {}
+        let mut dev = Block::new(file, false, "full").unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+        header(&mem, VIRTIO_BLK_T_OUT, 100);
+        mem.write_slice(&[0xcd; 4096], GuestAddress(DATA)).unwrap();
+        vq.add_desc_chains(&chain(4096, 0), 0).unwrap();
+        start(&mut dev, &mem, vq.create_queue::<Queue>().unwrap());
+        dev.process_queue(0);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(),
+            VIRTIO_BLK_S_IOERR,
+            "a write with no space left is an I/O error"
+        );
+        // A read of a hole needs no space: served.
+        header(&mem, VIRTIO_BLK_T_IN, 0);
+        vq.add_desc_chains(&chain(512, W), 0).unwrap();
+        dev.process_queue(0);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(),
+            VIRTIO_BLK_S_OK
+        );
+        let used_idx: u16 = mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap();
         assert_eq!(used_idx, 2);
     }
 }
