@@ -64,23 +64,35 @@ pub(crate) fn build(config: &VmConfig) -> Result<Machine, Error> {
 
     let (mut buses, serial, input_wanted) = create_devices(machine.vm_fd(), &exit, serial_out)?;
     let mut manager = event_loop::new_manager().map_err(Error::host("create the event loop"))?;
+    let slots = virtio_slots.iter().enumerate();
     let devices = disks
         .into_iter()
-        .map(|d| Box::new(d) as Box<dyn VirtioDevice>)
+        .map(|d| (Box::new(d) as Box<dyn VirtioDevice>, true))
         .chain(
             nets.into_iter()
-                .map(|n| Box::new(n) as Box<dyn VirtioDevice>),
+                .map(|n| (Box::new(n) as Box<dyn VirtioDevice>, false)),
         );
-    for ((index, device), &(base, irq)) in devices.enumerate().zip(&virtio_slots) {
+    for ((index, &(base, irq)), (device, own_loop)) in slots.zip(devices) {
+        let slot = virtio_devices::Slot { index, base, irq };
+        // A disk's queue is served on a loop of its own (see event_loop).
+        let mut worker = match own_loop {
+            true => Some(event_loop::new_manager().map_err(Error::host("create a disk's loop"))?),
+            false => None,
+        };
         let transport = virtio_devices::attach(
             machine.vm_fd(),
             machine.memory(),
             &mut buses.mmio,
-            &mut manager,
-            virtio_devices::Slot { index, base, irq },
+            worker.as_mut().unwrap_or(&mut manager),
+            slot,
             device,
         )?;
         machine.add_device(transport);
+        if let Some(worker) = worker {
+            machine
+                .start_worker(format!("ember-disk{index}"), worker)
+                .map_err(Error::host("start a disk's I/O thread"))?;
+        }
         log::info!("virtio device {index} at {base:#x}, IRQ {irq}");
     }
     fault_point("attach the devices")?;

@@ -1,6 +1,9 @@
-//! The event-loop thread: owns every descriptor a device waits on (console
-//! input, queue notifications, TAPs) and serves them with bounded work per
-//! event. Nothing on it blocks, so stopping it is one wake-up and a join.
+//! Event-loop threads. The main one owns every descriptor a device waits on
+//! (console input, net queue notifications, TAPs) and serves them with
+//! bounded work per event; nothing on it blocks, so stopping it is one
+//! wake-up and a join. Each disk gets a loop of its own (a worker), so a
+//! slow disk or an fdatasync stalls only that disk, never the console, the
+//! network or a signal.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,22 +47,24 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    /// Runs `manager` on a thread of its own until this handle is dropped.
-    pub fn spawn(mut manager: Manager, exit: Arc<ExitSignal>) -> std::io::Result<Self> {
+    /// Runs `manager` on a thread named `name` until this handle is dropped.
+    pub fn spawn(
+        name: String,
+        mut manager: Manager,
+        exit: Arc<ExitSignal>,
+    ) -> std::io::Result<Self> {
         let wake = EventFd::new(EFD_NONBLOCK)?;
         add(&mut manager, Wake(wake.try_clone()?));
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("ember-events".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Acquire) {
-                    if let Err(e) = manager.run() {
-                        exit.trigger(VmExit::HostError(HostFailure::EventLoop(Arc::new(e))));
-                        return;
-                    }
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            while !flag.load(Ordering::Acquire) {
+                if let Err(e) = manager.run() {
+                    exit.trigger(VmExit::HostError(HostFailure::EventLoop(Arc::new(e))));
+                    return;
                 }
-            })?;
+            }
+        })?;
         Ok(Self {
             stop,
             wake,

@@ -55,6 +55,8 @@ pub(crate) struct Machine {
     // serves its devices, then the devices flush, then the console drains.
     vcpus: Vec<VcpuThread>,
     event_loop: Option<EventLoop>,
+    /// One loop per disk: its queue work (pread/pwrite/fdatasync).
+    workers: Vec<EventLoop>,
     devices: Vec<Arc<Mutex<MmioTransport>>>,
     console: ConsoleHost,
     // Dropped last, after every thread that used them has been joined.
@@ -75,6 +77,7 @@ impl Machine {
             exit,
             vcpus: Vec::new(),
             event_loop: None,
+            workers: Vec::new(),
             devices: Vec::new(),
             console,
             vm_fd,
@@ -109,7 +112,15 @@ impl Machine {
     }
 
     pub(crate) fn start_event_loop(&mut self, manager: Manager) -> std::io::Result<()> {
-        self.event_loop = Some(EventLoop::spawn(manager, self.exit.clone())?);
+        let name = "ember-events".to_string();
+        self.event_loop = Some(EventLoop::spawn(name, manager, self.exit.clone())?);
+        Ok(())
+    }
+
+    /// Starts a device's own loop (a disk's I/O worker).
+    pub(crate) fn start_worker(&mut self, name: String, manager: Manager) -> std::io::Result<()> {
+        self.workers
+            .push(EventLoop::spawn(name, manager, self.exit.clone())?);
         Ok(())
     }
 
@@ -143,6 +154,9 @@ impl Drop for Machine {
         }
         self.vcpus.clear();
         self.event_loop = None;
+        // Each worker finishes the request it is in (in-flight I/O
+        // completes), then stops.
+        self.workers.clear();
         // Disks fdatasync'ed on every way out: poweroff, reboot, crash,
         // signal, stop(), drop, and a failed start.
         for d in self.devices.drain(..) {
