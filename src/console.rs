@@ -20,6 +20,8 @@ use crate::terminal::RawMode;
 
 /// Output kept for searching, at most; older output is dropped past this.
 const TRANSCRIPT_MAX: usize = 16 << 20;
+/// A pattern the streaming matcher cannot take is searched at most this often.
+const SLOW_EVERY: Duration = Duration::from_millis(50);
 /// Terminal output waiting for the writer thread, at most.
 const PUMP_MAX: usize = 1 << 20;
 /// Scripted input waiting for room in the UART FIFO, at most.
@@ -155,9 +157,18 @@ impl Console {
         let deadline = Instant::now() + timeout;
         let mut t = lock(&self.shared.transcript);
         let mut stream = Stream::new(pattern, t.dropped + t.cursor as u64);
+        let mut last_slow: Option<Instant> = None;
         loop {
-            if let Some(caps) = Self::try_match(&mut t, &re, &mut stream) {
-                return Ok(caps);
+            // Without a stream each search scans the whole window under the
+            // lock the guest's output needs: at most one per SLOW_EVERY.
+            let slow = stream.is_none();
+            if !slow || last_slow.is_none_or(|t| t.elapsed() >= SLOW_EVERY) {
+                if slow {
+                    last_slow = Some(Instant::now());
+                }
+                if let Some(caps) = Self::try_match(&mut t, &re, &mut stream) {
+                    return Ok(caps);
+                }
             }
             let tail = || tail_of(&t.text);
             if t.ended {
@@ -174,10 +185,14 @@ impl Console {
                     tail: tail(),
                 });
             }
+            let mut wait = deadline - now;
+            if stream.is_none() {
+                wait = wait.min(SLOW_EVERY);
+            }
             t = self
                 .shared
                 .output_cv
-                .wait_timeout(t, deadline - now)
+                .wait_timeout(t, wait)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -265,8 +280,10 @@ impl ConsoleHost {
             ConsoleMode::Terminal => SerialOut::Pump(host.pump(Box::new(io::stdout()))?),
             ConsoleMode::Scripted { echo } => SerialOut::Transcript {
                 shared: host.shared.clone(),
+                // A descriptor of its own: std's stderr lock is never held
+                // by a pump stuck on a reader that does not read.
                 echo: match echo {
-                    true => Some(host.pump(Box::new(io::stderr()))?),
+                    true => Some(host.pump(Box::new(dup_stderr()?))?),
                     false => None,
                 },
             },
@@ -300,6 +317,13 @@ impl ConsoleHost {
     pub(crate) fn console(&self) -> Console {
         Console::new(self.shared.clone())
     }
+
+    /// Marks the console ended (waiters get `VmEnded` instead of waiting
+    /// out their timeout).
+    pub(crate) fn end_hook(&self) -> Box<dyn Fn() + Send + Sync> {
+        let shared = self.shared.clone();
+        Box::new(move || shared.mark_ended())
+    }
 }
 
 impl Drop for ConsoleHost {
@@ -326,6 +350,8 @@ struct PumpState {
     queue: VecDeque<u8>,
     closing: bool,
     broken: bool,
+    /// The writer thread is in a write of what it took from `queue`.
+    writing: bool,
     /// The writer thread has ended.
     done: bool,
 }
@@ -337,6 +363,7 @@ impl OutputPump {
         let thread = std::thread::Builder::new()
             .name("ember-console-out".into())
             .spawn(move || {
+                crate::signals::block_stop_signals_here();
                 let (m, cv) = &*s;
                 loop {
                     let chunk: Vec<u8> = {
@@ -346,10 +373,15 @@ impl OutputPump {
                         if st.queue.is_empty() {
                             break;
                         }
+                        st.writing = true;
                         st.queue.drain(..).collect()
                     };
-                    if out.write_all(&chunk).and_then(|_| out.flush()).is_err() {
-                        lock(m).broken = true;
+                    let ok = out.write_all(&chunk).and_then(|_| out.flush()).is_ok();
+                    let mut st = lock(m);
+                    st.writing = false;
+                    cv.notify_all();
+                    if !ok {
+                        st.broken = true;
                         break;
                     }
                 }
@@ -375,8 +407,18 @@ impl OutputPump {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         st.queue.extend(bytes);
-        cv.notify_one();
+        cv.notify_all();
         Ok(())
+    }
+
+    /// Waits (at most `timeout`) until everything pushed so far is written.
+    fn wait_written(&self, timeout: Duration) {
+        let (m, cv) = &*self.state;
+        let _ = cv
+            .wait_timeout_while(lock(m), timeout, |st| {
+                (!st.queue.is_empty() || st.writing) && !st.broken && !st.done
+            })
+            .unwrap_or_else(|e| e.into_inner());
     }
 
     /// Lets the thread write what is queued, waiting at most `grace`; a
@@ -409,6 +451,43 @@ impl OutputPump {
 impl Drop for OutputPump {
     fn drop(&mut self) {
         self.finish(OUTPUT_GRACE);
+    }
+}
+
+fn dup_stderr() -> io::Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    Ok(std::fs::File::from(
+        io::stderr().as_fd().try_clone_to_owned()?,
+    ))
+}
+
+/// Log output that never blocks the thread that logs (a vCPU, the event
+/// loop): lines go to a bounded queue that a thread of its own writes to
+/// stderr; when stderr is stuck and the queue is full, lines are dropped
+/// and counted. For `env_logger::Target::Pipe`. Flushing waits (at most a
+/// second) until what was logged is written.
+pub struct LogWriter {
+    pump: Arc<OutputPump>,
+}
+
+impl LogWriter {
+    pub fn stderr() -> io::Result<Self> {
+        Ok(Self {
+            pump: Arc::new(OutputPump::new(Box::new(dup_stderr()?))?),
+        })
+    }
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // Dropped and counted when full: logging must never block.
+        let _ = self.pump.push(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.pump.wait_written(Duration::from_secs(1));
+        Ok(())
     }
 }
 

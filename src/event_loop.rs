@@ -58,6 +58,7 @@ impl EventLoop {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new().name(name).spawn(move || {
+            crate::signals::block_stop_signals_here();
             while !flag.load(Ordering::Acquire) {
                 if let Err(e) = manager.run() {
                     exit.trigger(VmExit::HostError(HostFailure::EventLoop(Arc::new(e))));

@@ -32,6 +32,8 @@ pub enum HostFailure {
     },
     #[error("the event loop failed")]
     EventLoop(#[source] Arc<event_manager::Error>),
+    #[error("the thread of vCPU {cpu} panicked (a bug in Ember)")]
+    VcpuPanicked { cpu: u8 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,29 +151,49 @@ pub struct ExitSignal {
     reason: Mutex<Option<VmExit>>,
     set: AtomicBool,
     evt: EventFd,
+    /// Run once, by the first trigger (kick the vCPUs, end the console).
+    hooks: Mutex<Vec<Hook>>,
 }
+
+type Hook = Box<dyn Fn() + Send + Sync>;
 
 impl ExitSignal {
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {
             reason: Mutex::new(None),
             set: AtomicBool::new(false),
+            hooks: Mutex::new(Vec::new()),
             evt: EventFd::new(EFD_NONBLOCK)?,
         })
     }
 
     pub fn trigger(&self, exit: VmExit) {
-        let mut r = crate::lock(&self.reason);
-        match &*r {
-            None => {
-                log::debug!("VM exit: {exit}");
-                *r = Some(exit);
-                self.set.store(true, Ordering::SeqCst);
-                if let Err(e) = self.evt.write(1) {
-                    log::warn!("cannot signal the VM's end on its eventfd: {e}");
-                }
+        {
+            let mut r = crate::lock(&self.reason);
+            if let Some(first) = &*r {
+                log::debug!("VM exit {exit} after {first}: ignored");
+                return;
             }
-            Some(first) => log::debug!("VM exit {exit} after {first}: ignored"),
+            log::debug!("VM exit: {exit}");
+            *r = Some(exit);
+            self.set.store(true, Ordering::SeqCst);
+        }
+        if let Err(e) = self.evt.write(1) {
+            log::warn!("cannot signal the VM's end on its eventfd: {e}");
+        }
+        for hook in crate::lock(&self.hooks).iter() {
+            hook();
+        }
+    }
+
+    /// Runs `hook` when the VM ends (at once if it has ended already).
+    pub fn on_end(&self, hook: Hook) {
+        let mut hooks = crate::lock(&self.hooks);
+        if self.is_set() {
+            drop(hooks);
+            hook();
+        } else {
+            hooks.push(hook);
         }
     }
 
@@ -212,6 +234,26 @@ mod tests {
             s.reason(),
             Some(VmExit::Crash(Crash::new(CrashKind::GuestPanic)))
         );
+    }
+
+    #[test]
+    fn hooks_run_once_at_the_first_reason_or_at_once_after_it() {
+        use std::sync::atomic::AtomicU32;
+        let s = ExitSignal::new().unwrap();
+        let runs = Arc::new(AtomicU32::new(0));
+        let r = runs.clone();
+        s.on_end(Box::new(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        }));
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
+        s.trigger(VmExit::Poweroff);
+        s.trigger(VmExit::Reboot);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        let r = runs.clone();
+        s.on_end(Box::new(move || {
+            r.fetch_add(10, Ordering::SeqCst);
+        }));
+        assert_eq!(runs.load(Ordering::SeqCst), 11, "a late hook runs at once");
     }
 
     #[test]

@@ -30,6 +30,24 @@ pub const EBDA_START: u64 = 0x9fc00;
 /// for "RSD PTR " when boot_params carries no RSDP address.
 pub const ACPI_START: u64 = 0xe0000;
 pub const ACPI_END: u64 = 0x100000;
+/// What Ember writes below 1 MiB after the kernel is loaded: a kernel
+/// segment overlapping any of these would be silently overwritten.
+pub const BOOT_RESERVED: [(u64, u64, &str); 6] = [
+    (GDT_ADDR, IDT_ADDR + 0x100, "the GDT and IDT"),
+    (ZERO_PAGE_ADDR, ZERO_PAGE_ADDR + PAGE_SIZE, "the zero page"),
+    (
+        BOOT_STACK_TOP & !(PAGE_SIZE - 1),
+        PML4_ADDR,
+        "the boot stack",
+    ),
+    (PML4_ADDR, PD_ADDR + PD_COUNT * PAGE_SIZE, "the page tables"),
+    (
+        CMDLINE_ADDR,
+        CMDLINE_ADDR + CMDLINE_MAX as u64,
+        "the command line",
+    ),
+    (ACPI_START, ACPI_END, "the ACPI tables"),
+];
 /// Lowest address a kernel may load at (1 MiB, HIMEM_START).
 pub const HIMEM_START: u64 = 0x100000;
 

@@ -39,10 +39,11 @@ mod vm;
 mod x86_64;
 
 pub use config::{parse_size, ConfigError, ConsoleMode, DiskConfig, NetConfig, VmConfig};
-pub use console::{Console, ConsoleError};
+pub use console::{Console, ConsoleError, LogWriter};
 pub use error::Error;
 pub use exit::{Crash, CrashKind, HostFailure, StopReason, VmExit};
 pub use loader::LoadError;
+pub use signals::StopSignals;
 pub use vm::Vm;
 
 #[doc(hidden)]

@@ -11,7 +11,7 @@ use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::{BzImage, Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::layout::{CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, PAGE_SIZE};
+use crate::layout::{BOOT_RESERVED, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, PAGE_SIZE};
 
 /// Offset of the 64-bit entry point in a bzImage's protected-mode part.
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
@@ -78,11 +78,15 @@ pub enum LoadError {
     },
     #[error("cannot write the command line")]
     Cmdline(#[source] linux_loader::loader::Error),
-    #[error("kernel {path}: ELF segment {index} loads at {paddr:#x}, below 1 MiB, where Ember puts the zero page and boot tables")]
-    SegmentBelow1M {
+    #[error("kernel {path}: ELF segment {index} ({start:#x}..{end:#x}) overlaps {what}, which Ember writes at {reserved_start:#x}..{reserved_end:#x} after loading the kernel")]
+    SegmentOverlapsBootData {
         path: PathBuf,
         index: usize,
-        paddr: u64,
+        start: u64,
+        end: u64,
+        what: &'static str,
+        reserved_start: u64,
+        reserved_end: u64,
     },
     #[error("kernel {path}: ELF segment {index} has {filesz:#x} bytes in the file but only {memsz:#x} in memory")]
     SegmentFileExceedsMemory {
@@ -209,9 +213,11 @@ pub fn load_kernel(
     Ok(kernel)
 }
 
-/// Refuses ELF load segments that would land below 1 MiB (where the zero
-/// page, GDT, page tables and ACPI tables are written after the kernel,
-/// silently overwriting it) or that claim more file bytes than memory.
+/// Refuses ELF load segments that overlap what Ember writes below 1 MiB
+/// after loading the kernel (zero page, GDT, page tables, command line,
+/// ACPI tables: it would silently overwrite them) or that claim more file
+/// bytes than memory. Segments elsewhere below 1 MiB (an AP trampoline)
+/// are fine.
 /// Headers it cannot read are left for linux-loader to report.
 fn check_elf_segments(file: &mut File, path: &Path) -> Result<(), LoadError> {
     use linux_loader::elf::{Elf64_Ehdr, Elf64_Phdr, PT_LOAD};
@@ -240,11 +246,19 @@ fn check_elf_segments(file: &mut File, path: &Path) -> Result<(), LoadError> {
                 memsz: ph.p_memsz,
             });
         }
-        if ph.p_paddr < HIMEM_START {
-            return Err(LoadError::SegmentBelow1M {
+        let end = ph.p_paddr.saturating_add(ph.p_memsz);
+        if let Some(&(rs, re, what)) = BOOT_RESERVED
+            .iter()
+            .find(|(rs, re, _)| ph.p_paddr < *re && end > *rs)
+        {
+            return Err(LoadError::SegmentOverlapsBootData {
                 path: path.to_path_buf(),
                 index,
-                paddr: ph.p_paddr,
+                start: ph.p_paddr,
+                end,
+                what,
+                reserved_start: rs,
+                reserved_end: re,
             });
         }
     }

@@ -3,11 +3,12 @@
 //! The builder fills it in step by step, so a start that fails half-way
 //! drops a partial machine, whose `Drop` stops and joins what was started.
 
-use std::sync::{Arc, Mutex};
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ember_devices::virtio::mmio::MmioTransport;
+use ember_devices::virtio::mmio::QueueServer;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::Killable;
@@ -43,7 +44,7 @@ impl Drop for VcpuThread {
                 let _ = t.kill(vcpu::kick_signal());
                 last_kick = Some(Instant::now());
             }
-            std::thread::yield_now();
+            std::thread::sleep(Duration::from_micros(50));
         }
         let _ = t.join();
     }
@@ -57,7 +58,7 @@ pub(crate) struct Machine {
     event_loop: Option<EventLoop>,
     /// One loop per disk: its queue work (pread/pwrite/fdatasync).
     workers: Vec<EventLoop>,
-    devices: Vec<Arc<Mutex<MmioTransport>>>,
+    devices: Vec<QueueServer>,
     console: ConsoleHost,
     // Dropped last, after every thread that used them has been joined.
     vm_fd: VmFd,
@@ -73,6 +74,8 @@ impl Machine {
         exit: Arc<ExitSignal>,
         console: ConsoleHost,
     ) -> Self {
+        // The console's waiters learn of the end at once, not at teardown.
+        exit.on_end(console.end_hook());
         Self {
             exit,
             vcpus: Vec::new(),
@@ -107,7 +110,7 @@ impl Machine {
     }
 
     /// A virtio transport to flush when the VM ends.
-    pub(crate) fn add_device(&mut self, device: Arc<Mutex<MmioTransport>>) {
+    pub(crate) fn add_device(&mut self, device: QueueServer) {
         self.devices.push(device);
     }
 
@@ -134,7 +137,19 @@ impl Machine {
         let (mem, exit) = (self.memory.clone(), self.exit.clone());
         let thread = std::thread::Builder::new()
             .name(format!("ember-vcpu{cpu}"))
-            .spawn(move || vcpu::run(fd, cpu, buses, mem, exit))?;
+            .spawn(move || {
+                crate::signals::block_stop_signals_here();
+                vcpu::run(fd, cpu, buses, mem, exit)
+            })?;
+        // When the VM ends, every vCPU is kicked out of the guest at once,
+        // whoever ended it. Hooks run only on the first end, which happens
+        // at the latest in Drop, before the join: the id is still valid.
+        let id = thread.as_pthread_t();
+        self.exit.on_end(Box::new(move || {
+            // SAFETY: a signal to a thread of this process that is not yet
+            // joined (see above); its handler only sets immediate_exit.
+            unsafe { libc::pthread_kill(id, vcpu::kick_signal()) };
+        }));
         self.vcpus.push(VcpuThread {
             exit: self.exit.clone(),
             thread: Some(thread),
@@ -145,13 +160,9 @@ impl Machine {
 
 impl Drop for Machine {
     fn drop(&mut self) {
+        // Ends the VM if nothing did: the end hooks kick every vCPU, so
+        // they stop in parallel before the joins.
         self.exit.trigger(VmExit::Stopped(StopReason::Requested));
-        // Kick every vCPU first, then join: they stop in parallel.
-        for v in &self.vcpus {
-            if let Some(t) = &v.thread {
-                let _ = t.kill(vcpu::kick_signal());
-            }
-        }
         self.vcpus.clear();
         self.event_loop = None;
         // Each worker finishes the request it is in (in-flight I/O
@@ -160,7 +171,7 @@ impl Drop for Machine {
         // Disks fdatasync'ed on every way out: poweroff, reboot, crash,
         // signal, stop(), drop, and a failed start.
         for d in self.devices.drain(..) {
-            crate::lock(&d).shutdown();
+            d.shutdown();
         }
         // The console (output drain, terminal restore) and then the KVM
         // descriptors and memory go with the fields.

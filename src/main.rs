@@ -4,27 +4,49 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ember::cli::{kit_dir, Cli, Command};
-use ember::{StopReason, Vm, VmExit};
+use ember::{StopReason, StopSignals, Vm, VmExit};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = if cli.verbose { "info" } else { "warn" };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level));
+    // Logging never blocks a vCPU or the event loop on a stuck stderr.
+    if let Ok(w) = ember::LogWriter::stderr() {
+        logger.target(env_logger::Target::Pipe(Box::new(w)));
+    }
+    logger.init();
     ember::terminal::install_panic_hook();
+    let code = run(cli);
+    log::logger().flush();
+    code
+}
+
+fn run(cli: Cli) -> ExitCode {
     let Command::Run(args) = cli.command;
 
     let config = match args.to_config(&kit_dir()) {
         Ok(c) => c,
         Err(e) => return fail(2, &e),
     };
+    // Before the start: a signal during it stops the VM once it runs.
+    let signals = match StopSignals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            return fail(
+                1,
+                &ember::Error::Host {
+                    what: "install signal handlers",
+                    source: e,
+                },
+            )
+        }
+    };
     let mut vm = match Vm::start(&config) {
         Ok(vm) => vm,
         Err(e) => return fail(if e.is_usage() { 2 } else { 1 }, &e),
     };
-    if let Err(e) = vm.stop_on_signals() {
-        drop(vm);
-        return fail(1, &e);
-    }
+    vm.stop_on(signals);
     let exit = vm.wait();
     drop(vm);
     ExitCode::from(exit_code(&exit))
@@ -33,6 +55,7 @@ fn main() -> ExitCode {
 /// 0 clean poweroff/reboot or console quit · 1 host failure · 3 guest crash ·
 /// 128+N stopped by signal N.
 fn exit_code(exit: &VmExit) -> u8 {
+    log::logger().flush();
     match exit {
         VmExit::Poweroff | VmExit::Reboot => 0,
         VmExit::Stopped(StopReason::ConsoleQuit | StopReason::Requested) => 0,
@@ -50,6 +73,8 @@ fn exit_code(exit: &VmExit) -> u8 {
 }
 
 fn fail(code: u8, e: &dyn std::error::Error) -> ExitCode {
+    // Log lines before the error line.
+    log::logger().flush();
     ember::terminal::restore_terminal();
     // Each message says what failed; its source says why.
     let mut msg = format!("ember: {e}");

@@ -1,62 +1,107 @@
 //! SIGINT/SIGTERM/SIGHUP for a program that runs one VM (the CLI): the
 //! handler only records the signal and writes an eventfd; the thread that
-//! waits for the VM watches that eventfd next to the VM's exit eventfd, so
-//! a signal is served however busy (or stuck) the VM's own threads are.
+//! waits for the VM (`Vm::wait`) watches that eventfd next to the VM's exit
+//! eventfd. Every thread Ember starts blocks these signals, so they land on
+//! the program's own threads, never in the middle of a vCPU's or a disk's
+//! system call. Once the VM has ended and is being torn down, a signal ends
+//! the process at once (terminal restored, exit 128+N): the user insists.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::OnceLock;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-static STOP_FD: AtomicI32 = AtomicI32::new(-1);
+/// Process-lifetime eventfd (never closed, so a handler racing with a drop
+/// never writes into a reused descriptor number).
+static EVT: OnceLock<EventFd> = OnceLock::new();
+static EVT_FD: AtomicI32 = AtomicI32::new(-1);
+static ARMED: AtomicBool = AtomicBool::new(false);
+static TEARING_DOWN: AtomicBool = AtomicBool::new(false);
 static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 extern "C" fn on_signal(signo: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     LAST_SIGNAL.store(signo, Ordering::SeqCst);
-    let fd = STOP_FD.load(Ordering::SeqCst);
-    if fd >= 0 {
+    if TEARING_DOWN.load(Ordering::SeqCst) {
+        crate::terminal::restore_terminal_from_signal();
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(128 + signo) };
+    }
+    let fd = EVT_FD.load(Ordering::SeqCst);
+    if fd >= 0 && ARMED.load(Ordering::SeqCst) {
         let one: u64 = 1;
-        // SAFETY: write(2) is async-signal-safe; 8 bytes from a valid u64.
+        // SAFETY: write(2) is async-signal-safe; 8 bytes from a valid u64
+        // into an eventfd that is never closed.
         unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
     }
 }
 
-/// While alive, SIGINT, SIGTERM and SIGHUP make `fd()` readable instead of
-/// killing the process. Dropping it restores the default actions.
-pub struct SignalWatch {
-    evt: EventFd,
-}
+/// While alive, SIGINT, SIGTERM and SIGHUP are recorded for `Vm::wait`
+/// instead of killing the process. Install it before `Vm::start`, so a
+/// signal during the start is served too; dropping it restores the
+/// default actions.
+pub struct StopSignals(());
 
-impl SignalWatch {
+impl StopSignals {
     pub fn install() -> std::io::Result<Self> {
-        let evt = EventFd::new(EFD_NONBLOCK)?;
-        STOP_FD.store(evt.as_raw_fd(), Ordering::SeqCst);
+        let evt = match EVT.get() {
+            Some(e) => e,
+            None => {
+                let e = EventFd::new(EFD_NONBLOCK)?;
+                EVT.get_or_init(|| e)
+            }
+        };
+        EVT_FD.store(evt.as_raw_fd(), Ordering::SeqCst);
+        TEARING_DOWN.store(false, Ordering::SeqCst);
+        ARMED.store(true, Ordering::SeqCst);
+        let guard = StopSignals(());
         for sig in SIGNALS {
+            // On an error `guard` drops and puts the defaults back.
             vmm_sys_util::signal::register_signal_handler(sig, on_signal)
                 .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
         }
-        Ok(Self { evt })
+        Ok(guard)
     }
 
-    pub fn fd(&self) -> RawFd {
-        self.evt.as_raw_fd()
+    pub(crate) fn fd(&self) -> RawFd {
+        EVT_FD.load(Ordering::SeqCst)
     }
 
     /// The signal that arrived, if one did since the last call.
-    pub fn take(&self) -> Option<i32> {
-        self.evt.read().ok()?;
+    pub(crate) fn take(&self) -> Option<i32> {
+        EVT.get()?.read().ok()?;
         Some(LAST_SIGNAL.load(Ordering::SeqCst)).filter(|&n| n != 0)
+    }
+
+    /// The VM has ended: from now on a signal ends the process at once.
+    pub(crate) fn tearing_down(&self) {
+        TEARING_DOWN.store(true, Ordering::SeqCst);
     }
 }
 
-impl Drop for SignalWatch {
+impl Drop for StopSignals {
     fn drop(&mut self) {
-        STOP_FD.store(-1, Ordering::SeqCst);
+        ARMED.store(false, Ordering::SeqCst);
         for sig in SIGNALS {
             // SAFETY: restores the default action; no handler pointer involved.
             unsafe { libc::signal(sig, libc::SIG_DFL) };
         }
+        TEARING_DOWN.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (every thread
+/// Ember starts calls this first).
+pub(crate) fn block_stop_signals_here() {
+    // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }

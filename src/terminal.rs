@@ -2,10 +2,30 @@
 //! guard's Drop, `restore_terminal()` from the CLI's error and signal paths,
 //! and the panic hook.
 
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// The terminal settings to put back, if Ember changed them.
 static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
+
+/// A copy of SAVED for a signal handler, which cannot take a lock: written
+/// before raw mode is entered, valid while HAVE_COPY is set.
+static mut SAVED_COPY: MaybeUninit<libc::termios> = MaybeUninit::uninit();
+static HAVE_COPY: AtomicBool = AtomicBool::new(false);
+
+/// Restores the saved settings from a signal handler (async-signal-safe:
+/// an atomic load and tcsetattr).
+pub(crate) fn restore_terminal_from_signal() {
+    if HAVE_COPY.load(Ordering::Acquire) {
+        // SAFETY: SAVED_COPY was fully written before HAVE_COPY was set and
+        // is not written again while it is set.
+        unsafe {
+            let t = std::ptr::addr_of!(SAVED_COPY).cast::<libc::termios>();
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, t);
+        }
+    }
+}
 
 pub fn is_tty(fd: i32) -> bool {
     // SAFETY: isatty only inspects the descriptor.
@@ -15,6 +35,7 @@ pub fn is_tty(fd: i32) -> bool {
 /// Restores stdin's saved terminal settings, if any. Idempotent.
 pub fn restore_terminal() {
     let mut saved = crate::lock(&SAVED);
+    HAVE_COPY.store(false, Ordering::Release);
     if let Some(t) = saved.take() {
         // SAFETY: `t` came from tcgetattr on the same descriptor.
         unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) };
@@ -37,6 +58,11 @@ impl RawMode {
             return Err(std::io::Error::last_os_error());
         }
         *crate::lock(&SAVED) = Some(t);
+        if !HAVE_COPY.load(Ordering::Acquire) {
+            // SAFETY: no handler reads SAVED_COPY while HAVE_COPY is clear.
+            unsafe { std::ptr::addr_of_mut!(SAVED_COPY).write(MaybeUninit::new(t)) };
+            HAVE_COPY.store(true, Ordering::Release);
+        }
         let mut raw = t;
         // SAFETY: cfmakeraw edits the struct in place.
         unsafe { libc::cfmakeraw(&mut raw) };

@@ -133,20 +133,43 @@ fn describe_crash(vcpu: &VcpuFd, mem: &GuestMemoryMmap, crash: &mut Crash) {
 /// Runs a vCPU until the VM's exit signal is set: by this vCPU (an exit
 /// that ends the VM, or a device line raised during its port write), by
 /// another thread, or by the owner stopping the VM (which then kicks it).
-pub fn run(
-    mut vcpu: VcpuFd,
-    cpu: u8,
-    buses: Arc<Buses>,
-    mem: GuestMemoryMmap,
-    exit: Arc<ExitSignal>,
-) {
+/// A panic on this thread ends the VM as a host failure instead of leaving
+/// it running with one vCPU gone.
+pub fn run(vcpu: VcpuFd, cpu: u8, buses: Arc<Buses>, mem: GuestMemoryMmap, exit: Arc<ExitSignal>) {
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_loop(vcpu, cpu, &buses, &mem, &exit)
+    }));
+    if ran.is_err() {
+        exit.trigger(VmExit::HostError(HostFailure::VcpuPanicked { cpu }));
+    }
+}
+
+/// Makes this thread's kvm_run the kick handler's target while alive.
+struct KickTarget;
+
+impl KickTarget {
+    fn set(run: *mut kvm_run) -> Self {
+        KVM_RUN.with(|p| p.set(run));
+        KickTarget
+    }
+}
+
+impl Drop for KickTarget {
+    fn drop(&mut self) {
+        KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+    }
+}
+
+fn run_loop(mut vcpu: VcpuFd, cpu: u8, buses: &Buses, mem: &GuestMemoryMmap, exit: &ExitSignal) {
     let run_ptr: *mut kvm_run = vcpu.get_kvm_run();
-    KVM_RUN.with(|p| p.set(run_ptr));
+    // Dropped before `vcpu` (a parameter outlives the locals), also when
+    // unwinding: the handler never writes to an unmapped kvm_run.
+    let _target = KickTarget::set(run_ptr);
     while !exit.is_set() {
         let action = match vcpu.run() {
             Ok(e) => {
                 let width = pio_width(run_ptr);
-                handle_exit(e, &buses, width)
+                handle_exit(e, buses, width)
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
@@ -162,12 +185,11 @@ pub fn run(
                     // `internal` member of the union is the one KVM filled.
                     *suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
                 }
-                describe_crash(&vcpu, &mem, c);
+                describe_crash(&vcpu, mem, c);
             }
             exit.trigger(reason);
         }
     }
-    KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
 }
 
 /// The element size of the port access KVM_RUN last reported (read before

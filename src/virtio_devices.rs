@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use ember_devices::bus::{Bus, BusError};
 use ember_devices::virtio::block::{Block, BlockError};
-use ember_devices::virtio::mmio::{MmioTransport, TransportError, QUEUE_NOTIFY_OFFSET};
+use ember_devices::virtio::mmio::{
+    MmioTransport, QueueServer, TransportError, QUEUE_NOTIFY_OFFSET,
+};
 use ember_devices::virtio::net::Net;
 use ember_devices::virtio::tap::{Tap, TapError};
 use ember_devices::virtio::VirtioDevice;
@@ -166,7 +168,9 @@ const BACKEND: u32 = u32::MAX;
 /// Serves one transport's queue notifications, and its backend descriptor
 /// while the device wants it, on the event loop.
 struct QueueEvents {
-    transport: Arc<Mutex<MmioTransport>>,
+    /// The device, without the register file: a vCPU's MMIO access never
+    /// waits for this loop's work.
+    server: QueueServer,
     events: Vec<EventFd>,
     backend: Option<RawFd>,
     watching_backend: bool,
@@ -175,7 +179,7 @@ struct QueueEvents {
 impl QueueEvents {
     fn update_backend_watch(&mut self, ops: &mut EventOps) {
         let Some(fd) = self.backend else { return };
-        let want = crate::lock(&self.transport).backend_wanted();
+        let want = self.server.backend_wanted();
         if want == self.watching_backend {
             return;
         }
@@ -200,7 +204,7 @@ impl MutEventSubscriber for QueueEvents {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let index = events.data();
         if index == BACKEND {
-            let mut t = crate::lock(&self.transport);
+            let t = &self.server;
             // A deleted or detached TAP reports ERROR/HUP forever: the
             // device marks its backend failed and stops wanting it, so the
             // watch is removed below instead of spinning.
@@ -213,14 +217,14 @@ impl MutEventSubscriber for QueueEvents {
             t.process_backend();
         } else if let Some(e) = self.events.get(index as usize) {
             let _ = e.read();
-            crate::lock(&self.transport).process_queue(index as usize);
+            self.server.process_queue(index as usize);
         }
         self.update_backend_watch(ops);
     }
 }
 
-/// Attaches `device` in `slot`; returns its transport (for the machine to
-/// flush when the VM ends).
+/// Attaches `device` in `slot`; returns its queue server (for the machine
+/// to flush when the VM ends).
 pub fn attach(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
@@ -228,7 +232,7 @@ pub fn attach(
     manager: &mut Manager,
     slot: Slot,
     device: Box<dyn VirtioDevice>,
-) -> Result<Arc<Mutex<MmioTransport>>, AttachError> {
+) -> Result<QueueServer, AttachError> {
     let Slot { index, base, irq } = slot;
     let kvm = |what| {
         move |source| AttachError::Kvm {
@@ -260,19 +264,20 @@ pub fn attach(
         events.push(e.try_clone().map_err(host("clone a queue eventfd"))?);
     }
     let backend = transport.backend_fd();
+    let server = transport.queue_server();
     let transport = Arc::new(Mutex::new(transport));
     mmio.insert(base, VIRTIO_MMIO_SIZE, transport.clone())
         .map_err(|source| AttachError::Bus { index, source })?;
     event_loop::add(
         manager,
         QueueEvents {
-            transport: transport.clone(),
+            server: server.clone(),
             events,
             backend,
             watching_backend: false,
         },
     );
-    Ok(transport)
+    Ok(server)
 }
 
 #[cfg(test)]

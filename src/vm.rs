@@ -11,7 +11,7 @@ use crate::console::Console;
 use crate::error::Error;
 use crate::exit::{ExitSignal, StopReason, VmExit};
 use crate::machine::Machine;
-use crate::signals::SignalWatch;
+use crate::signals::StopSignals;
 
 /// A running microVM.
 pub struct Vm {
@@ -19,7 +19,7 @@ pub struct Vm {
     exit: Arc<ExitSignal>,
     console: Console,
     result: Option<VmExit>,
-    signals: Option<SignalWatch>,
+    signals: Option<StopSignals>,
 }
 
 impl Vm {
@@ -66,14 +66,18 @@ impl Vm {
             if left == Some(Duration::ZERO) {
                 return None;
             }
-            let signal_fd = self.signals.as_ref().map(SignalWatch::fd);
+            let signal_fd = self.signals.as_ref().map(StopSignals::fd);
             wait_readable(self.exit.event_fd().as_raw_fd(), signal_fd, left);
-            if let Some(n) = self.signals.as_ref().and_then(SignalWatch::take) {
+            if let Some(n) = self.signals.as_ref().and_then(StopSignals::take) {
                 self.exit.trigger(VmExit::Stopped(StopReason::Signal(n)));
             }
         };
-        // Teardown: vCPUs kicked and joined, loop joined, disks flushed,
-        // console drained, terminal restored, descriptors closed.
+        // Teardown: vCPUs kicked and joined, loops joined, disks flushed,
+        // console drained, terminal restored, descriptors closed. A signal
+        // now ends the process at once.
+        if let Some(s) = &self.signals {
+            s.tearing_down();
+        }
         self.machine = None;
         self.result = Some(reason.clone());
         Some(reason)
@@ -89,9 +93,15 @@ impl Vm {
     /// a program that runs one VM, like the CLI). The signal is served by
     /// the waiting thread itself, never by one of the VM's threads.
     pub fn stop_on_signals(&mut self) -> Result<(), Error> {
-        self.signals =
-            Some(SignalWatch::install().map_err(Error::host("install signal handlers"))?);
+        let signals = StopSignals::install().map_err(Error::host("install signal handlers"))?;
+        self.stop_on(signals);
         Ok(())
+    }
+
+    /// Like `stop_on_signals`, with handlers installed before `Vm::start`
+    /// (so a signal during the start is served as soon as it returns).
+    pub fn stop_on(&mut self, signals: StopSignals) {
+        self.signals = Some(signals);
     }
 }
 

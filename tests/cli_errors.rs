@@ -118,9 +118,14 @@ fn bad_kernels_are_named_with_what_is_wrong() {
             "bad ELF image",
         ),
         (
-            "below-1m.elf",
-            elf(0x200000, &[(0x1000, 0x8000, 16, 16)], 64, 0x1010),
-            "below 1 MiB",
+            "on-the-zero-page.elf",
+            elf(0x200000, &[(0x1000, 0x7800, 16, 16)], 64, 0x1010),
+            "overlaps the zero page",
+        ),
+        (
+            "over-the-acpi-tables.elf",
+            elf(0x200000, &[(0x1000, 0xd0000, 16, 0x20000)], 64, 0x1010),
+            "overlaps the ACPI tables",
         ),
         (
             "filesz-over-memsz.elf",

@@ -320,3 +320,28 @@ fn a_busy_tap_is_a_startup_error_naming_the_interface() {
     // Released with the first VM: attachable again.
     drop(Vm::start(&config).unwrap());
 }
+
+#[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
+fn console_waiters_learn_of_the_vm_end_at_once() {
+    require_kvm();
+    // pvpanic, then reset, then a triple fault: the VM ends at the first.
+    let elf = guest("end_wakes", "panic_reset_triple.S");
+    let mut config = VmConfig::new(elf);
+    config.console = ConsoleMode::Scripted { echo: false };
+    let mut vm = Vm::start(&config).unwrap();
+    // Nobody calls wait(): the end alone must wake this waiter, which
+    // would otherwise sit out its whole timeout.
+    let e = vm
+        .console()
+        .wait_for("never printed", Duration::from_secs(120))
+        .unwrap_err();
+    assert!(matches!(e, ember::ConsoleError::VmEnded { .. }), "{e}");
+    assert!(matches!(
+        vm.wait(),
+        VmExit::Crash(ember::Crash {
+            kind: CrashKind::GuestPanic,
+            ..
+        })
+    ));
+}

@@ -9,7 +9,8 @@
 //! with values already known to be good, and `Queue::is_valid` (which logs
 //! too) is replaced by [`queue_layout_ok`].
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -148,8 +149,67 @@ fn queue_layout_ok(mem: &GuestMemoryMmap, size: u16, addrs: &[u64; 3]) -> bool {
         })
 }
 
+/// The device model behind a transport, shared with the thread that serves
+/// its queues. That thread takes only the device's lock, never the register
+/// file's, so a vCPU reading InterruptStatus or acking an interrupt never
+/// waits for a disk in the middle of a write or an fdatasync.
+#[derive(Clone)]
+pub struct QueueServer {
+    device: Arc<Mutex<Box<dyn VirtioDevice>>>,
+    /// DRIVER_OK accepted and no reset since: the queues may be served.
+    running: Arc<AtomicBool>,
+}
+
+impl QueueServer {
+    fn device(&self) -> MutexGuard<'_, Box<dyn VirtioDevice>> {
+        self.device.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Queue `index` was notified.
+    pub fn process_queue(&self, index: usize) {
+        if self.running() {
+            self.device().process_queue(index);
+        }
+    }
+
+    /// Whether the backend descriptor should be watched now.
+    pub fn backend_wanted(&self) -> bool {
+        self.running() && self.device().backend_wanted()
+    }
+
+    pub fn process_backend(&self) {
+        if self.running() {
+            self.device().process_backend();
+        }
+    }
+
+    /// The device's backend failed for good: stop watching `backend_fd`.
+    pub fn backend_failed(&self) -> bool {
+        self.device().backend_failed()
+    }
+
+    /// EPOLLERR/EPOLLHUP on `backend_fd` (the event loop tells the device).
+    pub fn backend_hangup(&self) {
+        self.device().backend_hangup();
+    }
+
+    /// The VM is ending: the device makes the guest's writes durable.
+    /// Callable in any state, more than once.
+    pub fn shutdown(&self) {
+        self.device().shutdown();
+    }
+}
+
 pub struct MmioTransport {
-    device: Box<dyn VirtioDevice>,
+    server: QueueServer,
+    /// Constant for the device's life: read once, never under its lock.
+    device_type: u32,
+    offered_features: u64,
+    backend_fd: Option<std::os::fd::RawFd>,
     mem: GuestMemoryMmap,
     interrupt: Arc<Interrupt>,
     queues: Vec<Queue>,
@@ -201,7 +261,13 @@ impl MmioTransport {
             queue_events.push(EventFd::new(EFD_NONBLOCK).map_err(TransportError::EventFd)?);
         }
         Ok(Self {
-            device,
+            device_type: device.device_type(),
+            offered_features: device.features() | VIRTIO_F_VERSION_1,
+            backend_fd: device.backend_fd(),
+            server: QueueServer {
+                device: Arc::new(Mutex::new(device)),
+                running: Arc::new(AtomicBool::new(false)),
+            },
             mem,
             interrupt: Arc::new(Interrupt::new(irq)),
             refused: vec![[false; 4]; queues.len()],
@@ -228,45 +294,54 @@ impl MmioTransport {
     }
 
     pub fn device_type(&self) -> u32 {
-        self.device.device_type()
+        self.device_type
+    }
+
+    /// The handle the VMM serves the queues and the backend through, on
+    /// whichever thread it chooses.
+    pub fn queue_server(&self) -> QueueServer {
+        self.server.clone()
     }
 
     /// The device's host descriptor to watch, while it wants it watched.
     pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.device.backend_fd()
+        self.backend_fd
     }
 
     pub fn backend_wanted(&self) -> bool {
-        self.status == DeviceStatus::Running && self.device.backend_wanted()
+        self.server.backend_wanted()
     }
 
     pub fn process_backend(&mut self) {
-        if self.status == DeviceStatus::Running {
-            self.device.process_backend();
-        }
+        self.server.process_backend();
     }
 
     /// The device's backend failed for good: stop watching `backend_fd`.
     pub fn backend_failed(&self) -> bool {
-        self.device.backend_failed()
+        self.server.backend_failed()
     }
 
     /// EPOLLERR/EPOLLHUP on `backend_fd` (the event loop tells the device).
     pub fn backend_hangup(&mut self) {
-        self.device.backend_hangup();
+        self.server.backend_hangup();
     }
 
     /// The VM is ending: the device makes the guest's writes durable.
     /// Callable in any state, more than once.
     pub fn shutdown(&mut self) {
-        self.device.shutdown();
+        self.server.shutdown();
     }
 
     /// Queue `index` was notified (from the event loop).
     pub fn process_queue(&mut self, index: usize) {
-        if self.status == DeviceStatus::Running {
-            self.device.process_queue(index);
-        }
+        self.server.process_queue(index);
+    }
+
+    fn set_status(&mut self, status: DeviceStatus) {
+        self.status = status;
+        self.server
+            .running
+            .store(status == DeviceStatus::Running, Ordering::Release);
     }
 
     fn ignore(&mut self, kind: Ignored, what: std::fmt::Arguments) {
@@ -278,7 +353,7 @@ impl MmioTransport {
     }
 
     fn device_features_word(&self) -> u32 {
-        let features = self.device.features() | VIRTIO_F_VERSION_1;
+        let features = self.offered_features;
         match self.device_features_sel {
             0 => features as u32,
             1 => (features >> 32) as u32,
@@ -287,13 +362,14 @@ impl MmioTransport {
     }
 
     fn reset(&mut self) {
-        self.device.reset();
+        self.server.running.store(false, Ordering::Release);
+        self.server.device().reset();
         for q in &mut self.queues {
             q.reset();
         }
         self.refused.iter_mut().for_each(|r| *r = [false; 4]);
         self.addrs.iter_mut().for_each(|a| *a = [0; 3]);
-        self.status = DeviceStatus::Reset;
+        self.set_status(DeviceStatus::Reset);
         self.driver_features = 0;
         self.device_features_sel = 0;
         self.driver_features_sel = 0;
@@ -302,7 +378,7 @@ impl MmioTransport {
     }
 
     fn features_acceptable(&self) -> bool {
-        let offered = self.device.features() | VIRTIO_F_VERSION_1;
+        let offered = self.offered_features;
         self.driver_features & !offered == 0 && self.driver_features & VIRTIO_F_VERSION_1 != 0
     }
 
@@ -353,7 +429,8 @@ impl MmioTransport {
             interrupt: self.interrupt.clone(),
             acked_features: self.driver_features,
         };
-        match self.device.activate(activation) {
+        let activated = self.server.device().activate(activation);
+        match activated {
             Ok(()) => DeviceStatus::Running,
             Err(e) => {
                 self.log.error(
@@ -372,7 +449,7 @@ impl MmioTransport {
             return;
         }
         if value & FAILED != 0 {
-            self.status = DeviceStatus::Failed { needs_reset: false };
+            self.set_status(DeviceStatus::Failed { needs_reset: false });
             return;
         }
         let next = match (self.status, value) {
@@ -402,7 +479,7 @@ impl MmioTransport {
                 s
             }
         };
-        self.status = next;
+        self.set_status(next);
     }
 
     fn write_queue_register(&mut self, offset: u64, value: u32) {
@@ -482,7 +559,7 @@ impl MmioTransport {
         match offset {
             reg::MAGIC => MAGIC,
             reg::VERSION => VERSION,
-            reg::DEVICE_ID => self.device.device_type(),
+            reg::DEVICE_ID => self.device_type,
             reg::VENDOR_ID => VENDOR_ID,
             reg::DEVICE_FEATURES => self.device_features_word(),
             reg::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
@@ -550,7 +627,7 @@ impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= reg::CONFIG {
             data.fill(0);
-            return self.device.read_config(offset - reg::CONFIG, data);
+            return self.server.device().read_config(offset - reg::CONFIG, data);
         }
         if data.len() != 4 || offset % 4 != 0 {
             let n = data.len();
