@@ -58,3 +58,16 @@ fn kit_kernel_panic_is_reported_as_a_guest_panic() {
     }
     assert!(console.transcript().contains("Kernel panic"));
 }
+
+/// The crash-line check every kit test runs on its transcript.
+#[test]
+fn crash_lines_are_recognised() {
+    let transcript =
+        "ok\r\n[    3.1] exe[34]: segfault at 0 ip 00000000004a4d02 sp 0 error 4 in busybox\r\n\
+        [    3.2] traps: grep[33] general protection fault ip:4a4d02\r\n\
+        [    4.0] BUG: kernel NULL pointer dereference\r\n\
+        [    4.1] WARNING: CPU: 0 PID: 1 at mm/x.c:1\r\n[    4.2] Oops: 0002 [#1] SMP\r\n\
+        ember:/# echo fine\r\n";
+    assert_eq!(crash_lines(transcript).len(), 5);
+    assert!(crash_lines("Run /init as init process\r\nember:/# ").is_empty());
+}

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ember::{Console, ConsoleMode, DiskConfig, NetConfig, Vm, VmConfig};
@@ -26,10 +27,50 @@ pub fn kit() -> (PathBuf, PathBuf) {
     (kernel, initrd)
 }
 
-/// One of at most as many concurrent Linux boots as there are cores, across
-/// every test process on the machine (an flock on one of N lock files):
-/// more would only make every boot slower than its timeout.
-pub struct BootSlot(#[allow(dead_code)] File);
+/// Lines a guest kernel prints when a process or the kernel itself went
+/// wrong: any of them fails the test that booted it.
+pub const CRASH_LINES: [&str; 6] = [
+    "segfault at",
+    "general protection fault",
+    "traps:",
+    "BUG:",
+    "Oops",
+    "WARNING:",
+];
+
+/// The crash lines in a transcript.
+pub fn crash_lines(transcript: &str) -> Vec<&str> {
+    transcript
+        .lines()
+        .filter(|l| CRASH_LINES.iter().any(|c| l.contains(c)))
+        .collect()
+}
+
+/// Held by every kit test: its boot slot, and on drop the check that the
+/// guest printed no crash line (see CRASH_LINES), so no test passes over a
+/// crashed guest process.
+pub struct BootSlot {
+    _lock: File,
+    console: Option<Console>,
+}
+
+impl Drop for BootSlot {
+    fn drop(&mut self) {
+        let Some(console) = self.console.take() else {
+            return;
+        };
+        if std::thread::panicking() {
+            return;
+        }
+        let transcript = console.transcript();
+        let crashes = crash_lines(&transcript);
+        assert!(
+            crashes.is_empty(),
+            "the guest printed crash lines:\n{}",
+            crashes.join("\n")
+        );
+    }
+}
 
 impl BootSlot {
     pub fn acquire() -> Self {
@@ -45,7 +86,10 @@ impl BootSlot {
                     if waited.elapsed() > Duration::from_secs(1) {
                         eprintln!("waited {:?} for a Linux boot slot", waited.elapsed());
                     }
-                    return BootSlot(f);
+                    return BootSlot {
+                        _lock: f,
+                        console: None,
+                    };
                 }
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -80,7 +124,7 @@ fn boot_config(
     nets: Vec<NetConfig>,
 ) -> (Vm, Console, BootSlot) {
     let (kernel, initrd) = kit();
-    let slot = BootSlot::acquire();
+    let mut slot = BootSlot::acquire();
     let mut config = VmConfig::new(kernel);
     config.initrd = Some(initrd);
     config.cpus = cpus;
@@ -94,6 +138,7 @@ fn boot_config(
     };
     let vm = Vm::start(&config).expect("start the kit VM");
     let console = vm.console();
+    slot.console = Some(console.clone());
     (vm, console, slot)
 }
 
@@ -119,26 +164,34 @@ pub fn wait_boot(console: &Console, pattern: &str) -> Vec<String> {
     })
 }
 
-/// Runs `cmd` at the prompt and returns what it printed.
+/// Runs `cmd` at the prompt and returns what it printed. The output is
+/// framed by markers the shell computes (`$((n))` in the typed line, the
+/// number in the output), so a kernel message landing in the middle of the
+/// echoed command line cannot hide it; kernel lines (with their timestamp)
+/// inside the output are dropped from what is returned.
 pub fn run(console: &Console, cmd: &str) -> String {
-    console.send_line(cmd).unwrap();
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let sep = if cmd.trim_end().ends_with('&') {
+        ""
+    } else {
+        ";"
+    };
+    console
+        .send_line(&format!(
+            "echo \"@@B$(({n}))@@\"; {cmd}{sep} echo \"@@E$(({n}))@@\""
+        ))
+        .unwrap();
     let m = console
         .wait_for(
-            &format!(r"(?s){}\r?\n(.*?)\r?\n?{PROMPT}", regex_escape(cmd)),
+            &format!(r"(?s)@@B{n}@@\r?\n(.*?)\r?\n?@@E{n}@@\r?\n.*?{PROMPT}"),
             COMMAND,
         )
         .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let kernel_line = regex::Regex::new(r"^\[\s*\d+\.\d+\] ").unwrap();
     m[1].replace('\r', "")
-}
-
-fn regex_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if "\\.+*?()|[]{}^$#&-~".contains(c) {
-                vec!['\\', c]
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
+        .lines()
+        .filter(|l| !kernel_line.is_match(l))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
