@@ -75,7 +75,7 @@ def tiny_wall(elf, n):
     return out
 
 
-POWEROFF = """
+POWEROFF = r"""
         .text
         .globl _start
 _start: mov $COM1, %dx
