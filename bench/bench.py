@@ -7,6 +7,9 @@
                          line and resets, median of 20
   vmm_overhead_rss       Ember's RSS minus the guest RAM it has touched
                          (1 vCPU, 128M), idle tiny guest and the kit at its prompt
+  kvm_floor              bare kvm-ioctls: each step of the least a VM needs
+                         (create, memory slot, irqchip, vCPU, run to hlt,
+                         close), median of 20, and what a PIT adds
   create_destroy         VM create+destroy rate in one process (tiny guest)
   poweroff_to_exit       a tiny guest prints "ready" and powers off through ACPI
                          S5 with stdin an idle pipe (never written, never
@@ -188,6 +191,9 @@ def main():
     print(f"poweroff_to_exit_ms       median {median_ms(s):.2f}  min {min(s)*1000:.2f}  max {max(s)*1000:.2f}  (n={n}; stdin an idle pipe; guest's last COM1 byte -> exit 0)")
     s = idle_pipe_exit(build_guest("sleeper", ".set THEN, 2\n" + SLEEPER), n, signal=15)
     print(f"sigterm_to_exit_ms        median {median_ms(s):.2f}  min {min(s)*1000:.2f}  max {max(s)*1000:.2f}  (n={n}; stdin an idle pipe; SIGTERM -> exit 143)")
+
+    # The KVM floor, step by step: what any VMM pays here before doing anything.
+    subprocess.run(["cargo", "bench", "--quiet", "--bench", "floor", "--", str(n)], cwd=ROOT, check=True)
 
     vms = "100" if QUICK else "1000"
     subprocess.run(["cargo", "bench", "--quiet", "--bench", "lifecycle", "--", idle, vms], cwd=ROOT, check=True)
