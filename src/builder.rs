@@ -53,7 +53,7 @@ pub(crate) fn build(config: &VmConfig) -> Result<Machine, Error> {
     check_cpus_fit_kvm(&kvm, config)?;
     let vm_fd = kvm.create_vm().map_err(Error::kvm("create a VM"))?;
     memory::register_with_kvm(&vm_fd, &mem)?;
-    create_irqchip_and_pit(&vm_fd)?;
+    create_irqchip(&vm_fd, config.pit)?;
     fault_point("create the VM")?;
 
     let exit = Arc::new(ExitSignal::new().map_err(Error::host("create the exit eventfd"))?);
@@ -175,13 +175,17 @@ fn check_memory_fits_host(config: &VmConfig) -> Result<(), Error> {
     }
 }
 
-fn create_irqchip_and_pit(vm: &VmFd) -> Result<(), Error> {
+/// The in-kernel IOAPIC/PIC/LAPICs, and a PIT only when asked for.
+fn create_irqchip(vm: &VmFd, pit: bool) -> Result<(), Error> {
     vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
         .map_err(Error::kvm("set the identity map address"))?;
     vm.set_tss_address(KVM_TSS_ADDR as usize)
         .map_err(Error::kvm("set the TSS address"))?;
     vm.create_irq_chip()
         .map_err(Error::kvm("create the in-kernel irqchip"))?;
+    if !pit {
+        return Ok(());
+    }
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()

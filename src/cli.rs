@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// created if missing, e.g. --net tap=tap0,mac=52:54:00:12:34:56.
     #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
     pub net: Vec<String>,
+    /// Give the guest an i8254 PIT (off by default: Linux on Ember's
+    /// hardware-reduced ACPI platform does not use it), e.g. --pit.
+    #[arg(long)]
+    pub pit: bool,
 }
 
 /// Where the guest kit's outputs are: $EMBER_GUEST_DIR, else target/guest
@@ -110,6 +114,7 @@ impl RunArgs {
             cpus: self.cpus,
             memory,
             console: ConsoleMode::Terminal,
+            pit: self.pit,
         };
         config.validate()?;
         Ok(config)

@@ -345,3 +345,13 @@ fn console_waiters_learn_of_the_vm_end_at_once() {
         })
     ));
 }
+
+#[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
+fn a_pit_on_request_still_boots_and_ends_cleanly() {
+    require_kvm();
+    let elf = guest("hello_pit", "hello.S");
+    let out = run_ember(&["--kernel", elf.to_str().unwrap(), "--pit"], LIMIT);
+    assert_eq!(text(&out.stdout), "Hello from a tiny guest\n");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+}
