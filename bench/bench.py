@@ -78,20 +78,6 @@ def tiny_wall(elf, n):
     return out
 
 
-POWEROFF = r"""
-        .text
-        .globl _start
-_start: mov $COM1, %dx
-        in (%dx), %al
-        lea ready(%rip), %rbx
-        call puts
-        mov $0x510, %dx
-        mov $((5 << 2) | (1 << 5)), %al
-        out %al, (%dx)
-        hlt
-        PUTS_FN
-ready:  .asciz "ready\n"
-"""
 SLEEPER = open(os.path.join(ROOT, "tests/guests/rx_then.S")).read()
 
 
@@ -187,7 +173,7 @@ def main():
     s = tiny_wall(hello, n)
     print(f"tiny_guest_wall_ms        median {median_ms(s):.1f}  min {min(s)*1000:.1f}  max {max(s)*1000:.1f}  (n={n}; ember run --kernel hello.elf, spawn -> exit 0)")
 
-    s = idle_pipe_exit(build_guest("poweroff", POWEROFF), n)
+    s = idle_pipe_exit(build_guest("poweroff", ".set THEN, 3\n" + SLEEPER), n)
     print(f"poweroff_to_exit_ms       median {median_ms(s):.2f}  min {min(s)*1000:.2f}  max {max(s)*1000:.2f}  (n={n}; stdin an idle pipe; guest's last COM1 byte -> exit 0)")
     s = idle_pipe_exit(build_guest("sleeper", ".set THEN, 2\n" + SLEEPER), n, signal=15)
     print(f"sigterm_to_exit_ms        median {median_ms(s):.2f}  min {min(s)*1000:.2f}  max {max(s)*1000:.2f}  (n={n}; stdin an idle pipe; SIGTERM -> exit 143)")

@@ -34,15 +34,20 @@ fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
     RawDescriptor::from(Descriptor::new(addr, len, flags, next))
 }
 
-/// Bytes per second through the device for `size`-byte requests of `kind`.
-fn device_path(path: &std::path::Path, kind: u32, size: u32) -> f64 {
+/// 32 MiB of guest memory and a writable device on `path`.
+fn rig(path: &std::path::Path) -> (GuestMemoryMmap, Block) {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap();
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .unwrap();
-    let mut dev = Block::new(file, false, "bench").unwrap();
+    (mem, Block::new(file, false, "bench").unwrap())
+}
+
+/// Bytes per second through the device for `size`-byte requests of `kind`.
+fn device_path(path: &std::path::Path, kind: u32, size: u32) -> f64 {
+    let (mem, mut dev) = rig(path);
     let data_base = 1u64 << 20;
     let hdr_base = 0x10_0000 - 0x1000 * 16;
     let (n, d) = (VRING_DESC_F_NEXT as u16, VRING_DESC_F_WRITE as u16);
@@ -122,13 +127,7 @@ fn raw(path: &std::path::Path, write: bool, size: usize) -> f64 {
 /// Worst and total time of the `process_queue` calls that drain 256 avail
 /// entries of one chain with `segs` data segments of `len` bytes each.
 fn flood(path: &std::path::Path, segs: u16, len: u32) -> (Duration, Duration, usize) {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 32 << 20)]).unwrap();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut dev = Block::new(file, false, "bench").unwrap();
+    let (mem, mut dev) = rig(path);
     let (n, d) = (VRING_DESC_F_NEXT as u16, VRING_DESC_F_WRITE as u16);
     let (hdr, data, status) = (0x10_0000u64, 0x20_0000u64, 0x10_0100u64);
     mem.write_obj(VIRTIO_BLK_T_IN, GuestAddress(hdr)).unwrap();
