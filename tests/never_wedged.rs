@@ -58,26 +58,28 @@ fn read_ready(child: &mut Child) {
     assert_eq!(&ready, b"ready\n");
 }
 
+/// Boots rx_then.S in mode `then` with an idle pipe on stdin and checks
+/// that Ember exits with `code` (the guest ends at once).
+fn guest_end_with_idle_pipe(test: &str, then: u32, code: i32) {
+    let elf = tiny_guest_with(test, "rx_then.S", &format!(".set THEN, {then}"));
+    let start = Instant::now();
+    let (mut child, _idle) = spawn_with_idle_pipe(&elf);
+    let (got, took) = exit_within(&mut child, start);
+    assert_eq!(got, Some(code), "after {took:?}");
+}
+
 #[test]
 #[ignore = "needs /dev/kvm; make test runs it"]
 fn idle_pipe_uart_read_then_reset_exits_0_at_once() {
     require_kvm();
-    let elf = tiny_guest_with("rx_reset", "rx_then.S", ".set THEN, 0");
-    let start = Instant::now();
-    let (mut child, _idle) = spawn_with_idle_pipe(&elf);
-    let (code, took) = exit_within(&mut child, start);
-    assert_eq!(code, Some(0), "after {took:?}");
+    guest_end_with_idle_pipe("rx_reset", 0, 0);
 }
 
 #[test]
 #[ignore = "needs /dev/kvm; make test runs it"]
 fn idle_pipe_triple_fault_exits_3() {
     require_kvm();
-    let elf = tiny_guest_with("rx_triple", "rx_then.S", ".set THEN, 1");
-    let start = Instant::now();
-    let (mut child, _idle) = spawn_with_idle_pipe(&elf);
-    let (code, took) = exit_within(&mut child, start);
-    assert_eq!(code, Some(3), "after {took:?}");
+    guest_end_with_idle_pipe("rx_triple", 1, 3);
 }
 
 #[test]

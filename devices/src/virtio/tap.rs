@@ -116,23 +116,18 @@ fn readv(fd: RawFd, bufs: &GuestIovecs) -> io::Result<usize> {
     let iov = bufs.as_iovecs();
     // SAFETY: the iovecs point into mappings (guest memory or a host
     // buffer) that `bufs` keeps borrowed for this call; at most MAX_IOVECS.
-    let n = unsafe { libc::readv(fd, iov.as_ptr(), iov.len() as libc::c_int) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    byte_count(unsafe { libc::readv(fd, iov.as_ptr(), iov.len() as libc::c_int) })
 }
 
 fn writev(fd: RawFd, bufs: &GuestIovecs) -> io::Result<usize> {
     let iov = bufs.as_iovecs();
     // SAFETY: as for readv; the kernel only reads the buffers.
-    let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    byte_count(unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) })
+}
+
+/// A readv/writev result: the byte count, or errno.
+fn byte_count(n: isize) -> io::Result<usize> {
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 /// Whether an error from the backend means it is gone for good (the TAP
