@@ -191,12 +191,12 @@ def main():
         total, guest = vmm_overhead([EMBER, "run", "--memory", "128M"], 128, rb"ember:[^\n]*# $")
         print(f"vmm_overhead_rss_mib_kit  {(total - guest)/1024:.1f}  (kit Linux at its prompt, 1 vCPU, 128M: RSS {total/1024:.1f} MiB - guest RAM touched {guest/1024:.1f} MiB)")
 
-        args = "console=ttyS0 reboot=k panic=-1 pci=off noxsave clearcpuid=popcnt,smap"
+        args = "console=ttyS0 reboot=k panic=-1 pci=off noxsave clearcpuid=popcnt,smap,cx16,erms,fsrm"
         ember = [EMBER, "run", "--cpus", "2", "--memory", "256M", "--cmdline", "console=ttyS0"]
         qemu = ["qemu-system-x86_64", "-M", "microvm,isa-serial=on,acpi=on", "-enable-kvm",
                 "-cpu", "host,-arch-capabilities,kvm-pv-ipi=off,kvm-pv-unhalt=off,kvm-pv-sched-yield=off,kvm-asyncpf=off,kvm-steal-time=off",
                 "-smp", "2", "-m", "256", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
-                "-kernel", os.path.join(KIT, "vmlinux"), "-initrd", os.path.join(KIT, "initramfs.cpio.gz"),
+                "-kernel", os.path.join(KIT, "vmlinux"), "-initrd", os.path.join(KIT, "initramfs.cpio"),
                 "-append", args]
         runs = 1 if QUICK else 3
         e = [linux_boot(ember) for _ in range(runs)]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds target/guest/initramfs.cpio.gz from Debian's static busybox and
+# Builds target/guest/initramfs.cpio (uncompressed: see mkinitramfs.py) from Debian's static busybox and
 # resources/initramfs/rootfs. Takes well under a second; always rebuilt.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -10,4 +10,4 @@ if ! file_desc=$(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null) || [[ 
     echo "build-initramfs: busybox-static is not installed (apt-get install busybox-static)" >&2
     exit 1
 fi
-python3 "$here/initramfs/mkinitramfs.py" "$busybox" "$here/initramfs/rootfs" "$out/initramfs.cpio.gz"
+python3 "$here/initramfs/mkinitramfs.py" "$busybox" "$here/initramfs/rootfs" "$out/initramfs.cpio"

@@ -30,7 +30,7 @@ use crate::memory;
 use crate::platform::{self, Host};
 use crate::vcpu::{self, Buses};
 use crate::virtio_devices;
-use crate::x86_64::{acpi, boot_params, cpuid, msrs, regs};
+use crate::x86_64::{acpi, boot_params, cpuid, mptable, msrs, regs};
 
 /// Starts a VM: returns once every vCPU thread runs. On any error the
 /// partial machine is dropped, which stops and joins what was started.
@@ -221,6 +221,7 @@ fn load_boot_payload(
     log::info!("kernel command line: {cmdline_text}");
     loader::write_cmdline(mem, &cmdline)?;
     let rsdp = acpi::write_tables(mem, config.cpus, virtio)?;
+    mptable::write(mem, config.cpus)?;
     let ram = memory::ram_ranges(config.memory);
     let params = boot_params::build(&boot_params::ZeroPage {
         setup_header: kernel.setup_header,
@@ -228,6 +229,7 @@ fn load_boot_payload(
         initrd,
         ram: &ram,
         rsdp,
+        setup_data: Some(boot_params::write_rng_seed(mem)?),
     })?;
     boot_params::write(mem, &params)?;
     Ok(kernel)

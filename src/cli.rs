@@ -29,7 +29,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
     /// Initial ramdisk, e.g. --initrd initrd.cpio.gz. Default with the kit
-    /// kernel: the kit's target/guest/initramfs.cpio.gz.
+    /// kernel: the kit's target/guest/initramfs.cpio.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
     /// The guest's arguments, e.g. --cmdline "console=ttyS0 quiet". Ember
@@ -89,7 +89,7 @@ impl RunArgs {
                 if !k.exists() {
                     return Err(CliError::NoKitKernel(k));
                 }
-                (k, Some(kit.join("initramfs.cpio.gz")))
+                (k, Some(kit.join("initramfs.cpio")))
             }
         };
         let memory = parse_size(&self.memory).map_err(|_| ConfigError::Size {
@@ -164,7 +164,7 @@ mod tests {
         std::fs::write(dir.join("vmlinux"), b"x").unwrap();
         let c = args(&[]).to_config(&dir).unwrap();
         assert_eq!(c.kernel, dir.join("vmlinux"));
-        assert_eq!(c.initrd, Some(dir.join("initramfs.cpio.gz")));
+        assert_eq!(c.initrd, Some(dir.join("initramfs.cpio")));
     }
 
     #[test]

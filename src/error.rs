@@ -32,6 +32,8 @@ pub enum Error {
     #[error(transparent)]
     Acpi(#[from] crate::x86_64::acpi::AcpiError),
     #[error(transparent)]
+    MpTable(#[from] crate::x86_64::mptable::MpTableError),
+    #[error(transparent)]
     BootParams(#[from] crate::x86_64::boot_params::BootParamsError),
     #[error("cannot place {what} on the bus")]
     Bus {

@@ -9,6 +9,9 @@ pub const PAGE_SIZE: u64 = 0x1000;
 pub const GDT_ADDR: u64 = 0x500;
 /// An empty IDT: the kernel installs its own before enabling interrupts.
 pub const IDT_ADDR: u64 = 0x520;
+/// setup_data (boot protocol 2.09+) chained from the zero page: a random
+/// seed for the guest kernel's RNG (SETUP_RNG_SEED).
+pub const SETUP_DATA_ADDR: u64 = 0x6000;
 /// The "zero page": struct boot_params handed to the kernel in RSI.
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
 /// Initial stack top for the boot vCPU (grows down, below the page tables).
@@ -26,14 +29,30 @@ pub const CMDLINE_MAX: usize = 2048;
 /// End of conventional memory: the EBDA starts here on a PC, so e820 stops
 /// the first RAM range at this address.
 pub const EBDA_START: u64 = 0x9fc00;
+/// The MP floating pointer: at the start of the last KiB of base memory,
+/// the second place Linux's MP-table scan looks (x86_64/mptable.rs says
+/// why the place matters).
+pub const MP_FLOATING_POINTER_ADDR: u64 = EBDA_START;
+/// The BIOS area, reserved in e820: the ACPI tables and the MP table.
+pub const BIOS_AREA_START: u64 = 0xe0000;
+pub const BIOS_AREA_END: u64 = 0x100000;
 /// ACPI tables (RSDP first) in the BIOS read-only area that Linux scans
 /// for "RSD PTR " when boot_params carries no RSDP address.
-pub const ACPI_START: u64 = 0xe0000;
-pub const ACPI_END: u64 = 0x100000;
+pub const ACPI_START: u64 = BIOS_AREA_START;
+pub const ACPI_END: u64 = 0xf0000;
+/// The MP configuration table, in the upper half of the BIOS area (e820
+/// reserved, like the ACPI tables).
+pub const MPTABLE_CONFIG_ADDR: u64 = 0xf0000;
+pub const MPTABLE_CONFIG_END: u64 = BIOS_AREA_END;
 /// What Ember writes below 1 MiB after the kernel is loaded: a kernel
 /// segment overlapping any of these would be silently overwritten.
-pub const BOOT_RESERVED: [(u64, u64, &str); 6] = [
+pub const BOOT_RESERVED: [(u64, u64, &str); 9] = [
     (GDT_ADDR, IDT_ADDR + 0x100, "the GDT and IDT"),
+    (
+        SETUP_DATA_ADDR,
+        SETUP_DATA_ADDR + PAGE_SIZE,
+        "the setup data",
+    ),
     (ZERO_PAGE_ADDR, ZERO_PAGE_ADDR + PAGE_SIZE, "the zero page"),
     (
         BOOT_STACK_TOP & !(PAGE_SIZE - 1),
@@ -46,7 +65,13 @@ pub const BOOT_RESERVED: [(u64, u64, &str); 6] = [
         CMDLINE_ADDR + CMDLINE_MAX as u64,
         "the command line",
     ),
+    (
+        MP_FLOATING_POINTER_ADDR,
+        MP_FLOATING_POINTER_ADDR + 16,
+        "the MP floating pointer",
+    ),
     (ACPI_START, ACPI_END, "the ACPI tables"),
+    (MPTABLE_CONFIG_ADDR, MPTABLE_CONFIG_END, "the MP table"),
 ];
 /// Lowest address a kernel may load at (1 MiB, HIMEM_START).
 pub const HIMEM_START: u64 = 0x100000;

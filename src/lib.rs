@@ -5,7 +5,7 @@
 //! use ember::{ConsoleMode, Vm, VmConfig, VmExit};
 //!
 //! let mut config = VmConfig::new("target/guest/vmlinux");
-//! config.initrd = Some("target/guest/initramfs.cpio.gz".into());
+//! config.initrd = Some("target/guest/initramfs.cpio".into());
 //! config.cpus = 2;
 //! config.console = ConsoleMode::Scripted { echo: false };
 //! let mut vm = Vm::start(&config)?;
@@ -25,11 +25,13 @@ mod console_match;
 mod error;
 mod event_loop;
 mod exit;
+mod guest_profile;
 pub mod layout;
 mod loader;
 mod machine;
 mod memory;
 pub mod platform;
+pub mod reaper;
 mod signals;
 mod stdin;
 pub mod terminal;

@@ -60,7 +60,14 @@ pub(crate) struct Machine {
     workers: Vec<EventLoop>,
     devices: Vec<QueueServer>,
     console: ConsoleHost,
-    // Dropped last, after every thread that used them has been joined.
+    /// Handed to the reaper last, after every thread that used them has
+    /// been joined; `Some` until then.
+    kvm: Option<KvmParts>,
+}
+
+/// The KVM descriptors and the guest memory: closing the VM fd is the slow
+/// part of a teardown (src/reaper.rs).
+struct KvmParts {
     vm_fd: VmFd,
     kvm: Kvm,
     memory: GuestMemoryMmap,
@@ -83,22 +90,26 @@ impl Machine {
             workers: Vec::new(),
             devices: Vec::new(),
             console,
-            vm_fd,
-            kvm,
-            memory,
+            kvm: Some(KvmParts { vm_fd, kvm, memory }),
         }
     }
 
+    fn parts(&self) -> &KvmParts {
+        self.kvm
+            .as_ref()
+            .expect("the KVM parts live until Machine::drop")
+    }
+
     pub(crate) fn kvm(&self) -> &Kvm {
-        &self.kvm
+        &self.parts().kvm
     }
 
     pub(crate) fn vm_fd(&self) -> &VmFd {
-        &self.vm_fd
+        &self.parts().vm_fd
     }
 
     pub(crate) fn memory(&self) -> &GuestMemoryMmap {
-        &self.memory
+        &self.parts().memory
     }
 
     pub(crate) fn exit(&self) -> &Arc<ExitSignal> {
@@ -134,7 +145,7 @@ impl Machine {
         fd: VcpuFd,
         buses: Arc<Buses>,
     ) -> std::io::Result<()> {
-        let (mem, exit) = (self.memory.clone(), self.exit.clone());
+        let (mem, exit) = (self.memory().clone(), self.exit.clone());
         let thread = std::thread::Builder::new()
             .name(format!("ember-vcpu{cpu}"))
             .spawn(move || {
@@ -173,7 +184,10 @@ impl Drop for Machine {
         for d in self.devices.drain(..) {
             d.shutdown();
         }
-        // The console (output drain, terminal restore) and then the KVM
-        // descriptors and memory go with the fields.
+        // Nothing uses the VM any more: its slow close happens elsewhere.
+        // The console (output drain, terminal restore) goes with the field.
+        if let Some(parts) = self.kvm.take() {
+            crate::reaper::hand_over(Box::new(parts));
+        }
     }
 }

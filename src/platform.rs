@@ -34,11 +34,18 @@ impl Host {
     }
 
     /// Kernel arguments this host needs: on an emulating host, no XSAVE
-    /// (xrstor cannot be emulated) and no POPCNT/SMAP alternatives.
+    /// (xrstor cannot be emulated), no POPCNT/SMAP alternatives, and no
+    /// CX16: KVM's emulator refuses `cmpxchg16b`, which SLUB (Debian's and
+    /// the kit's allocator) uses for its lockless fast path. ERMS and
+    /// FSRM are hidden for speed: with them Linux copies and clears memory
+    /// (`memcpy`, `memset`, `clear_page`, user copies) with `rep movsb`/
+    /// `rep stosb`, which KVM's emulator runs one byte per iteration (~1 us
+    /// a byte here); without them the same calls use `rep movsq`/`rep stosq`
+    /// (8 bytes an iteration). Measured in resources/kernel/BOOT-SPEED.md.
     pub fn kernel_args(self) -> &'static [&'static str] {
         match self {
             Host::Hardware => &[],
-            Host::Emulating => &["noxsave", "clearcpuid=popcnt,smap"],
+            Host::Emulating => &["noxsave", "clearcpuid=popcnt,smap,cx16,erms,fsrm"],
         }
     }
 }
@@ -94,7 +101,7 @@ mod tests {
                 "panic=-1",
                 "pci=off",
                 "noxsave",
-                "clearcpuid=popcnt,smap"
+                "clearcpuid=popcnt,smap,cx16,erms,fsrm"
             ]
         );
     }
@@ -102,6 +109,6 @@ mod tests {
     #[test]
     fn user_choices_win() {
         let args = ember_kernel_args("panic=5 reboot=t pci=on noxsave", Host::Emulating);
-        assert_eq!(args, vec!["clearcpuid=popcnt,smap"]);
+        assert_eq!(args, vec!["clearcpuid=popcnt,smap,cx16,erms,fsrm"]);
     }
 }

@@ -12,6 +12,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::exit::{Crash, CrashKind, ExitSignal, HostFailure, VmExit};
+use crate::guest_profile::GuestProfile;
 
 /// What the vCPU loop does after an exit.
 #[derive(Debug, PartialEq, Eq)]
@@ -165,6 +166,7 @@ fn run_loop(mut vcpu: VcpuFd, cpu: u8, buses: &Buses, mem: &GuestMemoryMmap, exi
     // Dropped before `vcpu` (a parameter outlives the locals), also when
     // unwinding: the handler never writes to an unmapped kvm_run.
     let _target = KickTarget::set(run_ptr);
+    let mut profile = GuestProfile::from_env(cpu, kick_signal());
     while !exit.is_set() {
         let action = match vcpu.run() {
             Ok(e) => {
@@ -173,6 +175,11 @@ fn run_loop(mut vcpu: VcpuFd, cpu: u8, buses: &Buses, mem: &GuestMemoryMmap, exi
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
+                if let Some(p) = profile.as_mut() {
+                    if let Ok(regs) = vcpu.get_regs() {
+                        p.record(regs.rip);
+                    }
+                }
                 continue;
             }
             Err(source) => VcpuAction::Exit(VmExit::HostError(HostFailure::KvmRun { cpu, source })),

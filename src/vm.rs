@@ -26,6 +26,8 @@ impl Vm {
     /// Validates `config`, builds the VM and starts its vCPUs. On error
     /// nothing is left running: every thread started is joined.
     pub fn start(config: &VmConfig) -> Result<Vm, Error> {
+        // Bounds the VMs still closing on the reaper (src/reaper.rs).
+        crate::reaper::before_start();
         let mut machine = crate::builder::build(config)?;
         Ok(Self {
             exit: machine.exit().clone(),

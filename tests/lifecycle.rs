@@ -30,6 +30,7 @@ fn several_vms_in_one_process_and_drop_releases_threads_and_fds() {
     config.console = ConsoleMode::Scripted { echo: false };
     // Warm up process-wide state (signal handlers, allocator arenas).
     drop(Vm::start(&config).unwrap());
+    ember::reaper::wait_idle();
     let (fds, threads) = (
         count_entries("/proc/self/fd"),
         count_entries("/proc/self/task"),
@@ -41,7 +42,9 @@ fn several_vms_in_one_process_and_drop_releases_threads_and_fds() {
         }
         drop(vms);
     }
-    // Threads end just after their handles are joined; give them a moment.
+    // The reaper closes the VMs after drop returns (src/reaper.rs);
+    // threads end just after their handles are joined: give them a moment.
+    ember::reaper::wait_idle();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline
         && (count_entries("/proc/self/fd") > fds || count_entries("/proc/self/task") > threads)

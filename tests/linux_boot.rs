@@ -7,6 +7,11 @@ use common::kit::*;
 use common::require_kvm;
 use ember::VmExit;
 
+/// Rounds of 3 execs each per boot (a round costs seconds of emulated
+/// kernel time): a sample of the guest kit issue's 2,000 execs, which
+/// bench/kit-stress.py runs, with and without a busy host.
+const STRESS_ROUNDS: u32 = 8;
+
 #[test]
 #[ignore = "needs /dev/kvm and the guest kit; make test runs it"]
 fn kit_boots_with_2_cpus_answers_and_powers_off() {
@@ -26,6 +31,9 @@ fn kit_boots_with_2_cpus_answers_and_powers_off() {
     assert_eq!(run(&console, "nproc"), "2");
     let online = run(&console, "cat /sys/devices/system/cpu/online");
     assert_eq!(online, "0-1");
+    // No exec stress on 2 vCPUs yet: it reproduces the guest kit issue's
+    // corruption (about 1 wrong answer in 16 rounds with the host busy, a
+    // truncated md5sum line); bench/kit-stress.py --cpus 2 shows it.
 
     console.send_line("poweroff").unwrap();
     assert_eq!(vm.wait(), VmExit::Poweroff, "{}", console.transcript());
@@ -37,6 +45,9 @@ fn kit_reboot_ends_ember_cleanly() {
     require_kvm();
     let (mut vm, console, _slot) = boot(1, 256 << 20, "console=ttyS0");
     wait_boot(&console, PROMPT);
+    // Guest processes that use thread-local storage, fork+exec'ed on 1
+    // vCPU: every answer right, no crash line (the slot checks on drop).
+    exec_stress(&console, STRESS_ROUNDS);
     console.send_line("reboot").unwrap();
     assert_eq!(vm.wait(), VmExit::Reboot, "{}", console.transcript());
 }

@@ -14,8 +14,10 @@ fn count_entries(dir: &str) -> usize {
     std::fs::read_dir(dir).unwrap().count()
 }
 
-/// Threads end just after their handles are joined; give them a moment.
+/// Waits for the reaper to close the VMs handed to it (src/reaper.rs);
+/// threads end just after their handles are joined, so give them a moment.
 fn settle(fds: usize, threads: usize) -> (usize, usize) {
+    ember::reaper::wait_idle();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let now = (

@@ -5,10 +5,12 @@ files under rootfs/, and /dev/console, as a newc cpio archive.
 Written directly (no root needed for the device node, and byte-identical
 for identical inputs: every mtime is 0, every owner root).
 
-The archive is gzip-wrapped with *stored* (level 0) deflate blocks: on hosts
-that emulate the guest kernel, inflating a compressed 2 MB archive took
-10-17 s of boot, while stored blocks unpack as plain copies. It is still a
-valid .cpio.gz for any kernel with CONFIG_RD_GZIP.
+The archive is written uncompressed when OUTPUT does not end in .gz (the
+kit's choice): on hosts that emulate the guest kernel, inflating a
+compressed 2 MB archive took 10-17 s of boot, and even gzip with stored
+blocks costs a CRC and two more copies of every byte (1 s more of guest
+CPU than the bare archive, resources/kernel/BOOT-SPEED.md). With OUTPUT
+ending in .gz it is gzip-wrapped with stored (level 0) deflate blocks.
 
 usage: mkinitramfs.py BUSYBOX ROOTFS_DIR OUTPUT
 """
@@ -84,7 +86,10 @@ def main():
     data = archive(entries)
     tmp = output + ".tmp"
     with open(tmp, "wb") as f:
-        f.write(gzip.compress(data, compresslevel=0, mtime=0))
+        if output.endswith(".gz"):
+            f.write(gzip.compress(data, compresslevel=0, mtime=0))
+        else:
+            f.write(data)
     os.replace(tmp, output)
     print(f"mkinitramfs: {output}: {len(entries)} entries, {len(data)} bytes")
 

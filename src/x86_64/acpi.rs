@@ -106,8 +106,7 @@ fn with_pcat_compat(mut madt: Vec<u8>) -> Vec<u8> {
     let value = u32::from_le_bytes([flags[0], flags[1], flags[2], flags[3]]) | MADT_PCAT_COMPAT;
     flags.copy_from_slice(&value.to_le_bytes());
     madt[CHECKSUM_OFFSET] = 0;
-    let sum = madt.iter().fold(0u8, |a, b| a.wrapping_add(*b));
-    madt[CHECKSUM_OFFSET] = 0u8.wrapping_sub(sum);
+    madt[CHECKSUM_OFFSET] = super::byte_checksum(&madt);
     madt
 }
 

@@ -19,7 +19,7 @@ pub const PROMPT: &str = r"ember:[^\n]*# (?:\x1b\[6n)?$";
 /// passes without booting.
 pub fn kit() -> (PathBuf, PathBuf) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/guest");
-    let (kernel, initrd) = (dir.join("vmlinux"), dir.join("initramfs.cpio.gz"));
+    let (kernel, initrd) = (dir.join("vmlinux"), dir.join("initramfs.cpio"));
     assert!(
         kernel.exists() && initrd.exists(),
         "the guest kit is not built: run `make guest`"
@@ -170,6 +170,11 @@ pub fn wait_boot(console: &Console, pattern: &str) -> Vec<String> {
 /// echoed command line cannot hide it; kernel lines (with their timestamp)
 /// inside the output are dropped from what is returned.
 pub fn run(console: &Console, cmd: &str) -> String {
+    run_for(console, cmd, COMMAND)
+}
+
+/// `run` with a timeout of its own, for commands that take long.
+pub fn run_for(console: &Console, cmd: &str, timeout: Duration) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(1);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let sep = if cmd.trim_end().ends_with('&') {
@@ -185,7 +190,7 @@ pub fn run(console: &Console, cmd: &str) -> String {
     let m = console
         .wait_for(
             &format!(r"(?s)@@B{n}@@\r?\n(.*?)\r?\n?@@E{n}@@\r?\n.*?{PROMPT}"),
-            COMMAND,
+            timeout,
         )
         .unwrap_or_else(|e| panic!("{cmd}: {e}"));
     let kernel_line = regex::Regex::new(r"^\[\s*\d+\.\d+\] ").unwrap();
@@ -194,4 +199,37 @@ pub fn run(console: &Console, cmd: &str) -> String {
         .filter(|l| !kernel_line.is_match(l))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The exec stress of one round: a shell pipeline whose `grep`, `sed` and
+/// `md5sum` are fork+execs of static busybox (they read thread-local
+/// storage through FS), plus two forks (the command substitution and the
+/// pipeline's `echo`). The round checks the result, so a crashed or wrong
+/// process fails it as well as its console line (see CRASH_LINES).
+const STRESS_ROUND: &str =
+    r#"[ "$(echo hello world | grep -o wor | sed s/o/0/ | md5sum)" = "$want" ] || bad=$((bad+1))"#;
+
+/// Runs `rounds` stress rounds (3 execs each) in the guest shell and
+/// asserts every one gave the right answer; the BootSlot's check then
+/// fails the test on any crash line the guest printed meanwhile.
+/// bench/kit-stress.sh runs the full count of the guest-kit issue.
+pub fn exec_stress(console: &Console, rounds: u32) {
+    let want = run(console, "echo w0r | md5sum");
+    assert!(want.ends_with(" -"), "md5sum printed {want:?}");
+    // A round takes 1-5 s on an emulating host (more when it is busy).
+    let timeout = COMMAND + Duration::from_secs(20) * rounds;
+    let out = run_for(
+        console,
+        &format!(
+            "want='{want}'; bad=0; i=0; while [ $i -lt {rounds} ]; do {STRESS_ROUND}; \
+             i=$((i+1)); done; echo \"rounds=$i bad=$bad\""
+        ),
+        timeout,
+    );
+    assert_eq!(
+        out,
+        format!("rounds={rounds} bad=0"),
+        "{}",
+        console.transcript()
+    );
 }
