@@ -349,10 +349,14 @@ pub fn build_cmdline(user: &str, extra: &[String]) -> Result<Cmdline, crate::con
         extra: extra.join(" "),
         max: CMDLINE_MAX - 1,
     };
-    let mut cmdline = Cmdline::new(CMDLINE_MAX).map_err(|_| no_room())?;
-    if !user.trim().is_empty() {
-        cmdline.insert_str(user.trim()).map_err(|_| no_room())?;
+    // Parsed so that Ember's arguments go before a user's " -- " (what
+    // follows it is init's argv, and init's environment never sees it).
+    let mut cmdline = if user.trim().is_empty() {
+        Cmdline::new(CMDLINE_MAX)
+    } else {
+        Cmdline::try_from(user.trim(), CMDLINE_MAX)
     }
+    .map_err(|_| no_room())?;
     for arg in extra {
         cmdline.insert_str(arg).map_err(|_| no_room())?;
     }
@@ -455,5 +459,14 @@ mod tests {
         );
         let long = "a".repeat(CMDLINE_MAX - 3);
         assert!(build_cmdline(&long, &["reboot=k".into()]).is_err());
+    }
+
+    #[test]
+    fn ember_arguments_go_before_the_init_arguments() {
+        let c = build_cmdline("console=ttyS0 -- -x y", &["reboot=k".into()]).unwrap();
+        assert_eq!(
+            c.as_cstring().unwrap().to_str().unwrap(),
+            "console=ttyS0 reboot=k -- -x y"
+        );
     }
 }

@@ -42,13 +42,31 @@ impl Host {
     /// `rep stosb`, which KVM's emulator runs one byte per iteration (~1 us
     /// a byte here); without them the same calls use `rep movsq`/`rep stosq`
     /// (8 bytes an iteration). Measured in resources/kernel/BOOT-SPEED.md.
+    ///
+    /// `GLIBC_TUNABLES=...` is no kernel argument: Linux hands it to init's
+    /// environment, and every process inherits it. It keeps glibc off its
+    /// AVX/AVX2 functions (`memcpy`, `strlen`, ...): guest user space runs
+    /// natively here and sees the host's AVX, but without XSAVE nothing
+    /// preserves the upper halves of the YMM registers across the guest's
+    /// task switches and interrupts; they come back zeroed, and strings and
+    /// pointers with them (the guest kit's crashed and wrong processes).
+    /// resources/USER-AVX-STATE.md has the mechanism and the measurements.
     pub fn kernel_args(self) -> &'static [&'static str] {
         match self {
             Host::Hardware => &[],
-            Host::Emulating => &["noxsave", "clearcpuid=popcnt,smap,cx16,erms,fsrm"],
+            Host::Emulating => &[
+                "noxsave",
+                "clearcpuid=popcnt,smap,cx16,erms,fsrm",
+                GLIBC_NO_AVX,
+            ],
         }
     }
 }
+
+/// glibc's own switch for its AVX code paths (glibc 2.33 and later name
+/// the features so; older ones ignore unknown names).
+pub const GLIBC_NO_AVX: &str =
+    "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2,-AVX,-AVX_Fast_Unaligned_Load";
 
 /// Ember's own kernel arguments, skipping any the user already chose.
 /// `reboot=k` makes a guest reboot go through the i8042 reset line (a clean
@@ -101,14 +119,18 @@ mod tests {
                 "panic=-1",
                 "pci=off",
                 "noxsave",
-                "clearcpuid=popcnt,smap,cx16,erms,fsrm"
+                "clearcpuid=popcnt,smap,cx16,erms,fsrm",
+                GLIBC_NO_AVX
             ]
         );
     }
 
     #[test]
     fn user_choices_win() {
-        let args = ember_kernel_args("panic=5 reboot=t pci=on noxsave", Host::Emulating);
+        let args = ember_kernel_args(
+            "panic=5 reboot=t pci=on noxsave GLIBC_TUNABLES=glibc.cpu.x86_shstk=off",
+            Host::Emulating,
+        );
         assert_eq!(args, vec!["clearcpuid=popcnt,smap,cx16,erms,fsrm"]);
     }
 }

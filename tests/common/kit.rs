@@ -212,7 +212,7 @@ const STRESS_ROUND: &str =
 /// Runs `rounds` stress rounds (3 execs each) in the guest shell and
 /// asserts every one gave the right answer; the BootSlot's check then
 /// fails the test on any crash line the guest printed meanwhile.
-/// bench/kit-stress.sh runs the full count of the guest-kit issue.
+/// bench/kit-stress.py runs the full count of the guest-kit issue.
 pub fn exec_stress(console: &Console, rounds: u32) {
     let want = run(console, "echo w0r | md5sum");
     assert!(want.ends_with(" -"), "md5sum printed {want:?}");
@@ -232,4 +232,19 @@ pub fn exec_stress(console: &Console, rounds: u32) {
         "{}",
         console.transcript()
     );
+}
+
+/// Runs the kit's `ember-regcheck` (resources/initramfs/regcheck.c): user
+/// space's YMM registers must survive task switches, or the kernel must
+/// have left AVX off for user space (the kit on emulating hosts: patch
+/// 0004-xcr0-without-xsave). Returns its line.
+pub fn regcheck(console: &Console) -> String {
+    let out = run(console, "ember-regcheck 2; echo rc=$?");
+    assert!(
+        out.ends_with("rc=0")
+            && (out.starts_with("regcheck: avx off") || out.starts_with("regcheck: ymm ok")),
+        "ember-regcheck: {out}\n{}",
+        console.transcript()
+    );
+    out
 }
