@@ -73,6 +73,13 @@ struct KvmParts {
     memory: GuestMemoryMmap,
 }
 
+impl crate::reaper::Teardown for KvmParts {
+    fn slow_fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        vec![self.vm_fd.as_raw_fd(), self.kvm.as_raw_fd()]
+    }
+}
+
 impl Machine {
     pub(crate) fn new(
         kvm: Kvm,

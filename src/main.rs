@@ -1,12 +1,10 @@
 //! `ember run`: parse flags → VmConfig → Vm::start → wait → exit code.
 
-use std::process::ExitCode;
-
 use clap::Parser;
 use ember::cli::{kit_dir, Cli, Command};
 use ember::{StopReason, StopSignals, Vm, VmExit};
 
-fn main() -> ExitCode {
+fn main() {
     let cli = Cli::parse();
     let level = if cli.verbose { "info" } else { "warn" };
     let mut logger =
@@ -18,11 +16,11 @@ fn main() -> ExitCode {
     logger.init();
     ember::terminal::install_panic_hook();
     let code = run(cli);
-    log::logger().flush();
-    code
+    // Flushes the log; the VM's close, if one is held, ends elsewhere.
+    ember::reaper::exit(code)
 }
 
-fn run(cli: Cli) -> ExitCode {
+fn run(cli: Cli) -> u8 {
     let Command::Run(args) = cli.command;
 
     let config = match args.to_config(&kit_dir()) {
@@ -42,6 +40,10 @@ fn run(cli: Cli) -> ExitCode {
             )
         }
     };
+    // This process ends right after its VM: the VM's slow close goes to a
+    // holder process at exit (src/reaper.rs), so the exit status is out
+    // as soon as the disks are flushed and the terminal restored.
+    ember::reaper::hold_until_exit();
     let mut vm = match Vm::start(&config) {
         Ok(vm) => vm,
         Err(e) => return fail(if e.is_usage() { 2 } else { 1 }, &e),
@@ -49,7 +51,7 @@ fn run(cli: Cli) -> ExitCode {
     vm.stop_on(signals);
     let exit = vm.wait();
     drop(vm);
-    ExitCode::from(exit_code(&exit))
+    exit_code(&exit)
 }
 
 /// 0 clean poweroff/reboot or console quit · 1 host failure · 3 guest crash ·
@@ -72,7 +74,7 @@ fn exit_code(exit: &VmExit) -> u8 {
     }
 }
 
-fn fail(code: u8, e: &dyn std::error::Error) -> ExitCode {
+fn fail(code: u8, e: &dyn std::error::Error) -> u8 {
     // Log lines before the error line.
     log::logger().flush();
     ember::terminal::restore_terminal();
@@ -84,5 +86,5 @@ fn fail(code: u8, e: &dyn std::error::Error) -> ExitCode {
         source = s.source();
     }
     eprintln!("{msg}");
-    ExitCode::from(code)
+    code
 }

@@ -1,5 +1,5 @@
 //! Guest RAM: one or two anonymous mappings around the MMIO gap, registered
-//! with KVM as memory slots.
+//! with KVM as memory slots, and left out of child processes.
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
@@ -23,6 +23,13 @@ pub enum MemoryError {
         size: u64,
         #[source]
         source: kvm_ioctls::Error,
+    },
+    #[error("cannot keep guest memory ({size:#x} bytes at {base:#x}) out of child processes")]
+    DontFork {
+        base: u64,
+        size: u64,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -48,7 +55,30 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
         .into_iter()
         .map(|(a, s)| (a, s as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Map { size, source })
+    let mem = GuestMemoryMmap::from_ranges(&ranges)
+        .map_err(|source| MemoryError::Map { size, source })?;
+    // A child process never needs guest memory (the CLI's holder process,
+    // src/reaper.rs; a library user's fork): without this, fork copies its
+    // page tables and write-protects every touched page in this process.
+    for region in mem.iter() {
+        // SAFETY: advice on a mapping the region owns; it changes what a
+        // fork copies, not the mapping's contents.
+        let r = unsafe {
+            libc::madvise(
+                region.as_ptr().cast(),
+                region.len() as usize,
+                libc::MADV_DONTFORK,
+            )
+        };
+        if r != 0 {
+            return Err(MemoryError::DontFork {
+                base: region.start_addr().raw_value(),
+                size: region.len(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    Ok(mem)
 }
 
 /// Hands every region to KVM, one slot each.
