@@ -4,7 +4,7 @@
 //! returned with length 0 so the queue never wedges.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
@@ -12,6 +12,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::iov::{chain_iovecs, pread_all, pwrite_all};
 use super::{Activation, Interrupt, VirtioDevice, INT_VRING};
 use crate::ratelimit::LogLimiter;
 
@@ -196,35 +197,22 @@ impl Block {
         (end <= self.capacity_bytes).then_some((offset, total))
     }
 
+    /// IN: one preadv into every data buffer (short reads continued).
     fn read(&mut self, mem: &GuestMemoryMmap, r: &Request) -> Result<u32, u8> {
-        if r.data.iter().any(|d| !d.is_write_only()) {
-            return Err(VIRTIO_BLK_S_IOERR);
-        }
-        let (mut offset, total) = self.span(r.sector, &r.data).ok_or(VIRTIO_BLK_S_IOERR)?;
-        for d in &r.data {
-            self.file
-                .seek(SeekFrom::Start(offset))
-                .map_err(|_| VIRTIO_BLK_S_IOERR)?;
-            mem.read_exact_volatile_from(d.addr(), &mut self.file, d.len() as usize)
-                .map_err(|_| VIRTIO_BLK_S_IOERR)?;
-            offset += u64::from(d.len());
-        }
+        let bufs = chain_iovecs(mem, &r.data, true).ok_or(VIRTIO_BLK_S_IOERR)?;
+        let (offset, total) = self.span(r.sector, &r.data).ok_or(VIRTIO_BLK_S_IOERR)?;
+        pread_all(self.file.as_raw_fd(), &bufs, offset).map_err(|_| VIRTIO_BLK_S_IOERR)?;
         u32::try_from(total).map_err(|_| VIRTIO_BLK_S_IOERR)
     }
 
+    /// OUT: one pwritev from every data buffer (short writes continued).
     fn write(&mut self, mem: &GuestMemoryMmap, r: &Request) -> Result<u32, u8> {
-        if self.read_only || r.data.iter().any(|d| d.is_write_only()) {
+        if self.read_only {
             return Err(VIRTIO_BLK_S_IOERR);
         }
-        let (mut offset, _) = self.span(r.sector, &r.data).ok_or(VIRTIO_BLK_S_IOERR)?;
-        for d in &r.data {
-            self.file
-                .seek(SeekFrom::Start(offset))
-                .map_err(|_| VIRTIO_BLK_S_IOERR)?;
-            mem.write_all_volatile_to(d.addr(), &mut self.file, d.len() as usize)
-                .map_err(|_| VIRTIO_BLK_S_IOERR)?;
-            offset += u64::from(d.len());
-        }
+        let bufs = chain_iovecs(mem, &r.data, false).ok_or(VIRTIO_BLK_S_IOERR)?;
+        let (offset, _) = self.span(r.sector, &r.data).ok_or(VIRTIO_BLK_S_IOERR)?;
+        pwrite_all(self.file.as_raw_fd(), &bufs, offset).map_err(|_| VIRTIO_BLK_S_IOERR)?;
         Ok(0)
     }
 

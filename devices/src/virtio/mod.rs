@@ -1,6 +1,7 @@
 //! Virtio devices over the virtio-mmio transport (virtio 1.x, "version 2").
 
 pub mod block;
+pub mod iov;
 pub mod mmio;
 pub mod net;
 pub mod tap;

@@ -8,12 +8,12 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::tap::{backend_gone, FrameIo, GuestIovecs, VNET_HDR_LEN};
+use super::iov::{chain_iovecs, GuestIovecs};
+use super::tap::{backend_gone, FrameIo, VNET_HDR_LEN};
 use super::{Activation, Interrupt, Popped, VirtioDevice, INT_VRING};
 use crate::ratelimit::LogLimiter;
 
@@ -68,27 +68,6 @@ pub struct Net {
     /// The backend is gone for good (TAP deleted): never watched again,
     /// frames the guest sends are dropped (and returned).
     backend_failed: bool,
-}
-
-/// The chain's buffers as iovecs, if every descriptor goes the expected way
-/// (device-writable for RX) and lies in one region of guest RAM; empty
-/// descriptors are left out.
-fn iovecs<'m>(
-    mem: &'m GuestMemoryMmap,
-    descs: &[Descriptor],
-    write: bool,
-) -> Option<GuestIovecs<'m>> {
-    let mut iov = GuestIovecs::new();
-    for d in descs {
-        if d.is_write_only() != write {
-            return None;
-        }
-        let s: VolatileSlice<'m, ()> = mem.get_slice(d.addr(), d.len() as usize).ok()?;
-        if !iov.push(s) {
-            return None;
-        }
-    }
-    Some(iov)
 }
 
 /// What the RX loop does after one chain.
@@ -185,7 +164,8 @@ impl Net {
                 return RxStep::Stop;
             }
         };
-        let bufs = iovecs(mem, &descs, true).filter(|b| b.capacity() >= VNET_HDR_LEN + MAX_FRAME);
+        let bufs =
+            chain_iovecs(mem, &descs, true).filter(|b| b.capacity() >= VNET_HDR_LEN + MAX_FRAME);
         let Some(bufs) = bufs else {
             self.counters.rx_bad_buffers += 1;
             if rx.add_used(&*mem, head, 0).is_err() {
@@ -292,7 +272,7 @@ impl Net {
             });
             let mut sent = false;
             if frame_ok && !self.backend_failed {
-                if let Some(guest) = iovecs(mem, &descs, false) {
+                if let Some(guest) = chain_iovecs(mem, &descs, false) {
                     // No offloads were offered: the header the TAP sees is
                     // all zeroes (no GSO, no checksum requests), whatever
                     // the guest wrote. Its own 12 bytes are skipped.

@@ -7,100 +7,12 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use vm_memory::VolatileSlice;
+use super::iov::{byte_count, GuestIovecs};
 
 /// Bytes of the virtio-net header on every frame (virtio 1.x with
 /// num_buffers), which TAP passes through with IFF_VNET_HDR.
 pub const VNET_HDR_LEN: usize = 12;
 const IFNAMSIZ: usize = 16;
-
-/// Most iovecs one frame may use (Linux's UIO_MAXIOV); a longer list is
-/// cut here rather than silently by the kernel or std.
-pub const MAX_IOVECS: usize = 1024;
-
-/// Buffers for one frame as host iovecs, built from `VolatileSlice`s of
-/// guest memory (or of a host buffer): no Rust reference is ever formed
-/// over guest memory, the kernel reads and writes it through the iovecs.
-/// Empty slices are left out (a chain of zero-length descriptors must not
-/// make readv return 0 without taking a frame).
-#[derive(Default)]
-pub struct GuestIovecs<'a> {
-    slices: Vec<VolatileSlice<'a, ()>>,
-    iov: Vec<libc::iovec>,
-    capacity: usize,
-}
-
-impl<'a> GuestIovecs<'a> {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Appends `s`; false (and nothing appended) once MAX_IOVECS are held.
-    pub fn push(&mut self, s: VolatileSlice<'a, ()>) -> bool {
-        if s.is_empty() {
-            return true;
-        }
-        if self.iov.len() == MAX_IOVECS {
-            return false;
-        }
-        self.iov.push(libc::iovec {
-            iov_base: s.ptr_guard_mut().as_ptr().cast(),
-            iov_len: s.len(),
-        });
-        self.capacity = self.capacity.saturating_add(s.len());
-        self.slices.push(s);
-        true
-    }
-
-    /// The iovecs, for readv/writev. Valid while `self` lives: the slices
-    /// they come from borrow the guest memory mapping.
-    pub fn as_iovecs(&self) -> &[libc::iovec] {
-        &self.iov
-    }
-
-    /// Total bytes of all the buffers.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Scatters `data` over the buffers from the start; returns the bytes
-    /// copied (volatile copies, for test doubles and small headers).
-    pub fn copy_in(&self, data: &[u8]) -> usize {
-        self.copy_in_at(0, data)
-    }
-
-    /// Scatters `data` starting at byte `offset` of the buffers; returns
-    /// the bytes copied.
-    pub fn copy_in_at(&self, mut offset: usize, mut data: &[u8]) -> usize {
-        let mut done = 0;
-        for s in &self.slices {
-            if data.is_empty() {
-                break;
-            }
-            if offset >= s.len() {
-                offset -= s.len();
-                continue;
-            }
-            let Ok(part) = s.offset(offset) else { break };
-            offset = 0;
-            let n = part.len().min(data.len());
-            part.copy_from(&data[..n]);
-            data = &data[n..];
-            done += n;
-        }
-        done
-    }
-
-    /// Gathers the buffers into a host vector (test doubles).
-    pub fn copy_out(&self) -> Vec<u8> {
-        let mut v = vec![0u8; self.capacity];
-        let mut at = 0;
-        for s in &self.slices {
-            at += s.copy_to(&mut v[at..]);
-        }
-        v
-    }
-}
 
 /// One frame per call, in and out; non-blocking.
 pub trait FrameIo: Send {
@@ -123,11 +35,6 @@ fn writev(fd: RawFd, bufs: &GuestIovecs) -> io::Result<usize> {
     let iov = bufs.as_iovecs();
     // SAFETY: as for readv; the kernel only reads the buffers.
     byte_count(unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) })
-}
-
-/// A readv/writev result: the byte count, or errno.
-fn byte_count(n: isize) -> io::Result<usize> {
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 /// Whether an error from the backend means it is gone for good (the TAP
