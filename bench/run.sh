@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
-exec python3 bench/bench.py "$@"
+python3 bench/bench.py "$@"
+# Per phase, next to QEMU (and Firecracker where installed) and the KVM floor.
+exec python3 bench/phases.py "$([ "${1:-}" = --quick ] && echo 5 || echo 20)"

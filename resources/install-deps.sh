@@ -13,7 +13,7 @@ packages=(
     iproute2             # network namespace and TAP for the net test
 )
 if [ "${1:-}" = "--bench" ]; then
-    packages+=(qemu-system-x86 hyperfine)   # the peer VMM and a timer, for benchmarks
+    packages+=(qemu-system-x86 hyperfine strace)   # the peer VMM, a timer, and system-call timestamps (bench/phases.py)
 fi
 
 missing=()
