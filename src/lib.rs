@@ -30,6 +30,7 @@ pub mod layout;
 mod loader;
 mod machine;
 mod memory;
+mod pause;
 pub mod platform;
 pub mod reaper;
 mod signals;
@@ -45,6 +46,7 @@ pub use console::{Console, ConsoleError, LogWriter};
 pub use error::Error;
 pub use exit::{Crash, CrashKind, HostFailure, StopReason, VmExit};
 pub use loader::LoadError;
+pub use pause::{PauseError, RunState};
 pub use signals::StopSignals;
 pub use vm::Vm;
 

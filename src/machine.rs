@@ -16,6 +16,7 @@ use vmm_sys_util::signal::Killable;
 use crate::console::ConsoleHost;
 use crate::event_loop::{EventLoop, Manager};
 use crate::exit::{ExitSignal, StopReason, VmExit};
+use crate::pause::{PauseError, PauseGate, RunState};
 use crate::vcpu::{self, Buses};
 
 /// How long a vCPU thread may take to notice a kick before Ember kicks again.
@@ -60,6 +61,8 @@ pub(crate) struct Machine {
     workers: Vec<EventLoop>,
     devices: Vec<QueueServer>,
     console: ConsoleHost,
+    /// Where the vCPU threads park while the VM is paused.
+    pause: Arc<PauseGate>,
     /// Handed to the reaper last, after every thread that used them has
     /// been joined; `Some` until then.
     kvm: Option<KvmParts>,
@@ -90,8 +93,13 @@ impl Machine {
     ) -> Self {
         // The console's waiters learn of the end at once, not at teardown.
         exit.on_end(console.end_hook());
+        // A paused VM that ends lets its vCPUs go, to see the end and stop.
+        let pause = Arc::new(PauseGate::default());
+        let p = pause.clone();
+        exit.on_end(Box::new(move || p.end()));
         Self {
             exit,
+            pause,
             vcpus: Vec::new(),
             event_loop: None,
             workers: Vec::new(),
@@ -127,6 +135,26 @@ impl Machine {
         &mut self.console
     }
 
+    /// Parks every vCPU outside the guest (src/pause.rs).
+    pub(crate) fn pause(&self) -> Result<(), PauseError> {
+        self.pause.pause(self.vcpus.len(), || {
+            for v in &self.vcpus {
+                if let Some(t) = &v.thread {
+                    // Sets immediate_exit: the vCPU leaves KVM_RUN and parks.
+                    let _ = t.kill(vcpu::kick_signal());
+                }
+            }
+        })
+    }
+
+    pub(crate) fn resume(&self) -> Result<(), PauseError> {
+        self.pause.resume()
+    }
+
+    pub(crate) fn run_state(&self) -> RunState {
+        self.pause.state()
+    }
+
     /// A virtio transport to flush when the VM ends.
     pub(crate) fn add_device(&mut self, device: QueueServer) {
         self.devices.push(device);
@@ -152,12 +180,12 @@ impl Machine {
         fd: VcpuFd,
         buses: Arc<Buses>,
     ) -> std::io::Result<()> {
-        let (mem, exit) = (self.memory().clone(), self.exit.clone());
+        let (mem, exit, pause) = (self.memory().clone(), self.exit.clone(), self.pause.clone());
         let thread = std::thread::Builder::new()
             .name(format!("ember-vcpu{cpu}"))
             .spawn(move || {
                 crate::signals::block_stop_signals_here();
-                vcpu::run(fd, cpu, buses, mem, exit)
+                vcpu::run(fd, cpu, buses, mem, exit, pause)
             })?;
         // When the VM ends, every vCPU is kicked out of the guest at once,
         // whoever ended it. Hooks run only on the first end, which happens

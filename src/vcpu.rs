@@ -13,6 +13,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::exit::{Crash, CrashKind, ExitSignal, HostFailure, VmExit};
 use crate::guest_profile::GuestProfile;
+use crate::pause::PauseGate;
 
 /// What the vCPU loop does after an exit.
 #[derive(Debug, PartialEq, Eq)]
@@ -136,9 +137,16 @@ fn describe_crash(vcpu: &VcpuFd, mem: &GuestMemoryMmap, crash: &mut Crash) {
 /// another thread, or by the owner stopping the VM (which then kicks it).
 /// A panic on this thread ends the VM as a host failure instead of leaving
 /// it running with one vCPU gone.
-pub fn run(vcpu: VcpuFd, cpu: u8, buses: Arc<Buses>, mem: GuestMemoryMmap, exit: Arc<ExitSignal>) {
+pub(crate) fn run(
+    vcpu: VcpuFd,
+    cpu: u8,
+    buses: Arc<Buses>,
+    mem: GuestMemoryMmap,
+    exit: Arc<ExitSignal>,
+    pause: Arc<PauseGate>,
+) {
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_loop(vcpu, cpu, &buses, &mem, &exit)
+        run_loop(vcpu, cpu, &buses, &mem, &exit, &pause)
     }));
     if ran.is_err() {
         exit.trigger(VmExit::HostError(HostFailure::VcpuPanicked { cpu }));
@@ -161,13 +169,26 @@ impl Drop for KickTarget {
     }
 }
 
-fn run_loop(mut vcpu: VcpuFd, cpu: u8, buses: &Buses, mem: &GuestMemoryMmap, exit: &ExitSignal) {
+fn run_loop(
+    mut vcpu: VcpuFd,
+    cpu: u8,
+    buses: &Buses,
+    mem: &GuestMemoryMmap,
+    exit: &ExitSignal,
+    pause: &PauseGate,
+) {
     let run_ptr: *mut kvm_run = vcpu.get_kvm_run();
     // Dropped before `vcpu` (a parameter outlives the locals), also when
     // unwinding: the handler never writes to an unmapped kvm_run.
     let _target = KickTarget::set(run_ptr);
     let mut profile = GuestProfile::from_env(cpu, kick_signal());
     while !exit.is_set() {
+        // A pause kicks this thread out of KVM_RUN (EINTR, below); it
+        // waits here, outside the guest, until resumed or the VM ends.
+        pause.park_if_paused();
+        if exit.is_set() {
+            break;
+        }
         let action = match vcpu.run() {
             Ok(e) => {
                 let width = pio_width(run_ptr);

@@ -11,6 +11,7 @@ use crate::console::Console;
 use crate::error::Error;
 use crate::exit::{ExitSignal, StopReason, VmExit};
 use crate::machine::Machine;
+use crate::pause::{PauseError, RunState};
 use crate::signals::StopSignals;
 
 /// A running microVM.
@@ -83,6 +84,25 @@ impl Vm {
         self.machine = None;
         self.result = Some(reason.clone());
         Some(reason)
+    }
+
+    /// Pauses the guest: returns once no vCPU runs guest code (devices
+    /// finish what was queued before). Pausing a paused VM does nothing.
+    pub fn pause(&self) -> Result<(), PauseError> {
+        self.machine.as_ref().ok_or(PauseError::Ended)?.pause()
+    }
+
+    /// Lets a paused guest run again; resuming a running VM does nothing.
+    pub fn resume(&self) -> Result<(), PauseError> {
+        self.machine.as_ref().ok_or(PauseError::Ended)?.resume()
+    }
+
+    /// Running or paused (the state of a VM that has ended is `Running`:
+    /// `wait` says how it ended).
+    pub fn run_state(&self) -> RunState {
+        self.machine
+            .as_ref()
+            .map_or(RunState::Running, Machine::run_state)
     }
 
     /// Stops the VM (if still running) and returns why it ended.

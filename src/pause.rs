@@ -1,0 +1,222 @@
+//! Pausing a running VM: every vCPU thread parked outside KVM_RUN, so the
+//! guest runs no instruction, until it is resumed or the VM ends. Devices
+//! keep finishing what the guest queued before the pause; the guest's clock
+//! (kvm-clock) goes on, so the guest sees the paused time pass.
+
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Whether the guest runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Paused,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    #[error("the VM has ended")]
+    Ended,
+    #[error("{parked} of {vcpus} vCPUs stopped within {waited:?}; the VM was left running")]
+    Stuck {
+        parked: usize,
+        vcpus: usize,
+        waited: Duration,
+    },
+}
+
+#[derive(Default)]
+struct Gate {
+    paused: bool,
+    /// vCPU threads waiting in `park_if_paused`.
+    parked: usize,
+    /// The VM ended: nothing parks any more.
+    ended: bool,
+}
+
+/// Shared by the vCPU threads (which park at it) and the VM's owner.
+#[derive(Default)]
+pub(crate) struct PauseGate {
+    gate: Mutex<Gate>,
+    changed: Condvar,
+}
+
+/// How long a pause waits for every vCPU, kicking them again meanwhile.
+const PAUSE_LIMIT: Duration = Duration::from_secs(2);
+const KICK_EVERY: Duration = Duration::from_millis(10);
+
+impl PauseGate {
+    /// vCPU side, before each KVM_RUN: waits while the VM is paused.
+    pub(crate) fn park_if_paused(&self) {
+        let mut g = crate::lock(&self.gate);
+        if !g.paused || g.ended {
+            return;
+        }
+        g.parked += 1;
+        self.changed.notify_all();
+        while g.paused && !g.ended {
+            g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        g.parked -= 1;
+        self.changed.notify_all();
+    }
+
+    /// The VM ended: parked vCPUs go on (to see the end and stop), and
+    /// no pause waits any more.
+    pub(crate) fn end(&self) {
+        crate::lock(&self.gate).ended = true;
+        self.changed.notify_all();
+    }
+
+    pub(crate) fn state(&self) -> RunState {
+        if crate::lock(&self.gate).paused {
+            RunState::Paused
+        } else {
+            RunState::Running
+        }
+    }
+
+    /// Pauses the VM: marks it paused, calls `kick` (which must make every
+    /// vCPU thread leave KVM_RUN) until all `vcpus` are parked. Pausing a
+    /// paused VM does nothing.
+    pub(crate) fn pause(&self, vcpus: usize, kick: impl Fn()) -> Result<(), PauseError> {
+        let start = Instant::now();
+        let mut g = crate::lock(&self.gate);
+        if g.ended {
+            return Err(PauseError::Ended);
+        }
+        g.paused = true;
+        loop {
+            if g.ended {
+                return Err(PauseError::Ended);
+            }
+            if g.parked == vcpus {
+                return Ok(());
+            }
+            if start.elapsed() >= PAUSE_LIMIT {
+                let parked = g.parked;
+                g.paused = false;
+                self.changed.notify_all();
+                return Err(PauseError::Stuck {
+                    parked,
+                    vcpus,
+                    waited: start.elapsed(),
+                });
+            }
+            drop(g);
+            kick();
+            g = crate::lock(&self.gate);
+            if g.parked != vcpus && !g.ended {
+                g = self
+                    .changed
+                    .wait_timeout(g, KICK_EVERY)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+    }
+
+    /// Lets every parked vCPU run again; resuming a running VM does nothing.
+    pub(crate) fn resume(&self) -> Result<(), PauseError> {
+        let mut g = crate::lock(&self.gate);
+        if g.ended {
+            return Err(PauseError::Ended);
+        }
+        g.paused = false;
+        self.changed.notify_all();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    /// Threads that count while not parked, as vCPU threads run the guest.
+    fn workers(gate: &Arc<PauseGate>, stop: &Arc<AtomicBool>, n: usize) -> Arc<AtomicU64> {
+        let count = Arc::new(AtomicU64::new(0));
+        for _ in 0..n {
+            let (gate, stop, count) = (gate.clone(), stop.clone(), count.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    gate.park_if_paused();
+                    count.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            });
+        }
+        count
+    }
+
+    #[test]
+    fn pause_parks_every_vcpu_and_resume_lets_them_go_on() {
+        let gate = Arc::new(PauseGate::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = workers(&gate, &stop, 3);
+        gate.pause(3, || {}).unwrap();
+        assert_eq!(gate.state(), RunState::Paused);
+        let before = count.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            before,
+            "nothing ran while paused"
+        );
+        gate.pause(3, || {}).unwrap();
+        gate.resume().unwrap();
+        assert_eq!(gate.state(), RunState::Running);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count.load(Ordering::SeqCst) == before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(count.load(Ordering::SeqCst) > before, "running again");
+        stop.store(true, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn the_end_releases_parked_vcpus_and_refuses_pauses() {
+        let gate = Arc::new(PauseGate::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = workers(&gate, &stop, 2);
+        gate.pause(2, || {}).unwrap();
+        let before = count.load(Ordering::SeqCst);
+        gate.end();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count.load(Ordering::SeqCst) == before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(count.load(Ordering::SeqCst) > before, "released by the end");
+        assert!(matches!(gate.pause(2, || {}), Err(PauseError::Ended)));
+        assert!(matches!(gate.resume(), Err(PauseError::Ended)));
+        stop.store(true, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn a_vcpu_that_never_parks_leaves_the_vm_running_with_an_error() {
+        let gate = PauseGate::default();
+        let kicks = AtomicU64::new(0);
+        let e = gate
+            .pause(1, || {
+                kicks.fetch_add(1, Ordering::SeqCst);
+            })
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PauseError::Stuck {
+                    parked: 0,
+                    vcpus: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(gate.state(), RunState::Running);
+        assert!(
+            kicks.load(Ordering::SeqCst) > 1,
+            "kicked again while waiting"
+        );
+    }
+}
