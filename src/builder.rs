@@ -59,7 +59,8 @@ pub(crate) fn build(config: &VmConfig) -> Result<Machine, Error> {
     let exit = Arc::new(ExitSignal::new().map_err(Error::host("create the exit eventfd"))?);
     let (console, serial_out) =
         ConsoleHost::new(&config.console).map_err(Error::host("create the console"))?;
-    let mut machine = Machine::new(kvm, vm_fd, mem, exit.clone(), console);
+    let control = crate::control::VmControl::new(exit.clone(), config.cpus, config.memory);
+    let mut machine = Machine::new(kvm, vm_fd, mem, exit.clone(), console, control);
     fault_point("start the console")?;
 
     let (mut buses, serial, input_wanted) = create_devices(machine.vm_fd(), &exit, serial_out)?;

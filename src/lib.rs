@@ -22,6 +22,7 @@ pub mod config;
 mod console;
 mod console_input;
 mod console_match;
+mod control;
 mod error;
 mod event_loop;
 mod exit;
@@ -43,6 +44,7 @@ mod x86_64;
 
 pub use config::{parse_size, ConfigError, ConsoleMode, DiskConfig, NetConfig, VmConfig};
 pub use console::{Console, ConsoleError, LogWriter};
+pub use control::VmControl;
 pub use error::Error;
 pub use exit::{Crash, CrashKind, HostFailure, StopReason, VmExit};
 pub use loader::LoadError;

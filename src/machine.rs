@@ -14,9 +14,9 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::Killable;
 
 use crate::console::ConsoleHost;
+use crate::control::VmControl;
 use crate::event_loop::{EventLoop, Manager};
 use crate::exit::{ExitSignal, StopReason, VmExit};
-use crate::pause::{PauseError, PauseGate, RunState};
 use crate::vcpu::{self, Buses};
 
 /// How long a vCPU thread may take to notice a kick before Ember kicks again.
@@ -61,8 +61,8 @@ pub(crate) struct Machine {
     workers: Vec<EventLoop>,
     devices: Vec<QueueServer>,
     console: ConsoleHost,
-    /// Where the vCPU threads park while the VM is paused.
-    pause: Arc<PauseGate>,
+    /// Pause, resume and stop from any thread; the vCPUs park at its gate.
+    control: VmControl,
     /// Handed to the reaper last, after every thread that used them has
     /// been joined; `Some` until then.
     kvm: Option<KvmParts>,
@@ -90,16 +90,13 @@ impl Machine {
         memory: GuestMemoryMmap,
         exit: Arc<ExitSignal>,
         console: ConsoleHost,
+        control: VmControl,
     ) -> Self {
         // The console's waiters learn of the end at once, not at teardown.
         exit.on_end(console.end_hook());
-        // A paused VM that ends lets its vCPUs go, to see the end and stop.
-        let pause = Arc::new(PauseGate::default());
-        let p = pause.clone();
-        exit.on_end(Box::new(move || p.end()));
         Self {
             exit,
-            pause,
+            control,
             vcpus: Vec::new(),
             event_loop: None,
             workers: Vec::new(),
@@ -135,24 +132,8 @@ impl Machine {
         &mut self.console
     }
 
-    /// Parks every vCPU outside the guest (src/pause.rs).
-    pub(crate) fn pause(&self) -> Result<(), PauseError> {
-        self.pause.pause(self.vcpus.len(), || {
-            for v in &self.vcpus {
-                if let Some(t) = &v.thread {
-                    // Sets immediate_exit: the vCPU leaves KVM_RUN and parks.
-                    let _ = t.kill(vcpu::kick_signal());
-                }
-            }
-        })
-    }
-
-    pub(crate) fn resume(&self) -> Result<(), PauseError> {
-        self.pause.resume()
-    }
-
-    pub(crate) fn run_state(&self) -> RunState {
-        self.pause.state()
+    pub(crate) fn control(&self) -> &VmControl {
+        &self.control
     }
 
     /// A virtio transport to flush when the VM ends.
@@ -180,17 +161,22 @@ impl Machine {
         fd: VcpuFd,
         buses: Arc<Buses>,
     ) -> std::io::Result<()> {
-        let (mem, exit, pause) = (self.memory().clone(), self.exit.clone(), self.pause.clone());
+        let (mem, exit, control) = (
+            self.memory().clone(),
+            self.exit.clone(),
+            self.control.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name(format!("ember-vcpu{cpu}"))
             .spawn(move || {
                 crate::signals::block_stop_signals_here();
-                vcpu::run(fd, cpu, buses, mem, exit, pause)
+                vcpu::run(fd, cpu, buses, mem, exit, control)
             })?;
         // When the VM ends, every vCPU is kicked out of the guest at once,
         // whoever ended it. Hooks run only on the first end, which happens
         // at the latest in Drop, before the join: the id is still valid.
         let id = thread.as_pthread_t();
+        self.control.add_vcpu_thread(id);
         self.exit.on_end(Box::new(move || {
             // SAFETY: a signal to a thread of this process that is not yet
             // joined (see above); its handler only sets immediate_exit.
@@ -209,6 +195,8 @@ impl Drop for Machine {
         // Ends the VM if nothing did: the end hooks kick every vCPU, so
         // they stop in parallel before the joins.
         self.exit.trigger(VmExit::Stopped(StopReason::Requested));
+        // No pause may kick a vCPU thread once the joins start.
+        self.control.forget_vcpu_threads();
         self.vcpus.clear();
         self.event_loop = None;
         // Each worker finishes the request it is in (in-flight I/O

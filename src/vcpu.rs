@@ -11,6 +11,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::control::VmControl;
 use crate::exit::{Crash, CrashKind, ExitSignal, HostFailure, VmExit};
 use crate::guest_profile::GuestProfile;
 use crate::pause::PauseGate;
@@ -143,10 +144,10 @@ pub(crate) fn run(
     buses: Arc<Buses>,
     mem: GuestMemoryMmap,
     exit: Arc<ExitSignal>,
-    pause: Arc<PauseGate>,
+    control: VmControl,
 ) {
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_loop(vcpu, cpu, &buses, &mem, &exit, &pause)
+        run_loop(vcpu, cpu, &buses, &mem, &exit, control.gate())
     }));
     if ran.is_err() {
         exit.trigger(VmExit::HostError(HostFailure::VcpuPanicked { cpu }));

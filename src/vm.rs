@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::VmConfig;
 use crate::console::Console;
+use crate::control::VmControl;
 use crate::error::Error;
 use crate::exit::{ExitSignal, StopReason, VmExit};
 use crate::machine::Machine;
@@ -18,6 +19,7 @@ use crate::signals::StopSignals;
 pub struct Vm {
     machine: Option<Machine>,
     exit: Arc<ExitSignal>,
+    control: VmControl,
     console: Console,
     result: Option<VmExit>,
     signals: Option<StopSignals>,
@@ -32,6 +34,7 @@ impl Vm {
         let mut machine = crate::builder::build(config)?;
         Ok(Self {
             exit: machine.exit().clone(),
+            control: machine.control().clone(),
             console: machine.console().console(),
             machine: Some(machine),
             result: None,
@@ -89,20 +92,22 @@ impl Vm {
     /// Pauses the guest: returns once no vCPU runs guest code (devices
     /// finish what was queued before). Pausing a paused VM does nothing.
     pub fn pause(&self) -> Result<(), PauseError> {
-        self.machine.as_ref().ok_or(PauseError::Ended)?.pause()
+        self.control.pause()
     }
 
     /// Lets a paused guest run again; resuming a running VM does nothing.
     pub fn resume(&self) -> Result<(), PauseError> {
-        self.machine.as_ref().ok_or(PauseError::Ended)?.resume()
+        self.control.resume()
     }
 
-    /// Running or paused (the state of a VM that has ended is `Running`:
-    /// `wait` says how it ended).
-    pub fn run_state(&self) -> RunState {
-        self.machine
-            .as_ref()
-            .map_or(RunState::Running, Machine::run_state)
+    /// Running or paused; `None` once the VM has ended (`wait` says how).
+    pub fn run_state(&self) -> Option<RunState> {
+        self.control.run_state()
+    }
+
+    /// A handle for other threads: pause, resume, state, stop.
+    pub fn control(&self) -> VmControl {
+        self.control.clone()
     }
 
     /// Stops the VM (if still running) and returns why it ended.

@@ -37,10 +37,10 @@ fn a_paused_guest_runs_nothing_resumes_and_still_stops_at_once() {
     let mut vm = Vm::start(&config).unwrap();
     vm.console().wait_for("ready", LIMIT).unwrap();
     let ticking = grows_past(&vm, "ready\n".len());
-    assert_eq!(vm.run_state(), RunState::Running);
+    assert_eq!(vm.run_state(), Some(RunState::Running));
 
     vm.pause().unwrap();
-    assert_eq!(vm.run_state(), RunState::Paused);
+    assert_eq!(vm.run_state(), Some(RunState::Paused));
     vm.pause().unwrap();
     // What the guest wrote before the pause may still be on its way.
     std::thread::sleep(Duration::from_millis(100));
@@ -54,7 +54,7 @@ fn a_paused_guest_runs_nothing_resumes_and_still_stops_at_once() {
     );
 
     vm.resume().unwrap();
-    assert_eq!(vm.run_state(), RunState::Running);
+    assert_eq!(vm.run_state(), Some(RunState::Running));
     grows_past(&vm, paused_at);
 
     vm.pause().unwrap();
@@ -67,4 +67,5 @@ fn a_paused_guest_runs_nothing_resumes_and_still_stops_at_once() {
     );
     assert!(matches!(vm.pause(), Err(PauseError::Ended)));
     assert!(matches!(vm.resume(), Err(PauseError::Ended)));
+    assert_eq!(vm.run_state(), None);
 }

@@ -1,0 +1,103 @@
+//! A handle on a running VM for other threads (the API server): pause,
+//! resume, its state, stop. Cheap to clone, and safe to keep after the VM
+//! has ended: every call then is an error or does nothing.
+
+use std::sync::{Arc, Mutex};
+
+use crate::exit::{ExitSignal, StopReason, VmExit};
+use crate::pause::{PauseError, PauseGate, RunState};
+
+#[derive(Clone)]
+pub struct VmControl(Arc<Shared>);
+
+struct Shared {
+    gate: PauseGate,
+    /// The vCPU threads to kick for a pause; `None` from the moment the
+    /// VM's teardown starts joining them (a joined thread's id is gone).
+    threads: Mutex<Option<Vec<libc::pthread_t>>>,
+    exit: Arc<ExitSignal>,
+    cpus: u8,
+    memory: u64,
+}
+
+impl VmControl {
+    pub(crate) fn new(exit: Arc<ExitSignal>, cpus: u8, memory: u64) -> Self {
+        let control = Self(Arc::new(Shared {
+            gate: PauseGate::default(),
+            threads: Mutex::new(Some(Vec::new())),
+            exit: exit.clone(),
+            cpus,
+            memory,
+        }));
+        // A paused VM that ends lets its vCPUs go, to see the end and stop.
+        // Weak: the exit signal's hooks must not keep this alive (a cycle
+        // through `exit` would leak both, eventfd included).
+        let c = Arc::downgrade(&control.0);
+        exit.on_end(Box::new(move || {
+            if let Some(c) = c.upgrade() {
+                c.gate.end();
+            }
+        }));
+        control
+    }
+
+    pub(crate) fn gate(&self) -> &PauseGate {
+        &self.0.gate
+    }
+
+    /// A vCPU thread to kick when pausing.
+    pub(crate) fn add_vcpu_thread(&self, id: libc::pthread_t) {
+        if let Some(t) = crate::lock(&self.0.threads).as_mut() {
+            t.push(id);
+        }
+    }
+
+    /// Called before the vCPU threads are joined: no kick after this.
+    pub(crate) fn forget_vcpu_threads(&self) {
+        *crate::lock(&self.0.threads) = None;
+    }
+
+    /// Pauses the guest: returns once no vCPU runs guest code (devices
+    /// finish what was queued before). Pausing a paused VM does nothing.
+    pub fn pause(&self) -> Result<(), PauseError> {
+        let vcpus = crate::lock(&self.0.threads)
+            .as_ref()
+            .ok_or(PauseError::Ended)?
+            .len();
+        self.0.gate.pause(vcpus, || {
+            if let Some(threads) = crate::lock(&self.0.threads).as_ref() {
+                for &id in threads {
+                    // SAFETY: the thread is not joined while it is listed
+                    // (forget_vcpu_threads takes this lock first); the
+                    // handler only sets immediate_exit.
+                    unsafe { libc::pthread_kill(id, crate::vcpu::kick_signal()) };
+                }
+            }
+        })
+    }
+
+    /// Lets a paused guest run again; resuming a running VM does nothing.
+    pub fn resume(&self) -> Result<(), PauseError> {
+        self.0.gate.resume()
+    }
+
+    /// Running or paused, while the VM has not ended.
+    pub fn run_state(&self) -> Option<RunState> {
+        (!self.0.exit.is_set()).then(|| self.0.gate.state())
+    }
+
+    /// Ends the VM as `Vm::stop` does; whoever waits on it sees
+    /// `VmExit::Stopped(StopReason::Requested)`.
+    pub fn stop(&self) {
+        self.0.exit.trigger(VmExit::Stopped(StopReason::Requested));
+    }
+
+    pub fn cpus(&self) -> u8 {
+        self.0.cpus
+    }
+
+    /// Guest RAM in bytes.
+    pub fn memory(&self) -> u64 {
+        self.0.memory
+    }
+}
