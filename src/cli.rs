@@ -20,6 +20,19 @@ pub struct Cli {
 pub enum Command {
     /// Boot a Linux kernel with COM1 on this terminal. Quit with Ctrl-A x.
     Run(RunArgs),
+    /// Pause a VM started with --api-sock (its vCPUs stop; devices finish what is queued).
+    Pause(ApiArgs),
+    /// Resume a paused VM started with --api-sock.
+    Resume(ApiArgs),
+    /// Stop a VM started with --api-sock (disks flushed; `ember run` exits 0).
+    Stop(ApiArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
+    /// The VM's API socket, as given to `ember run --api-sock`.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +67,11 @@ pub struct RunArgs {
     /// hardware-reduced ACPI platform does not use it), e.g. --pit.
     #[arg(long)]
     pub pit: bool,
+    /// Serve Firecracker's control API (GET /, GET /machine-config,
+    /// PATCH /vm, PUT /actions) on a Unix socket created here, e.g.
+    /// --api-sock /tmp/ember.sock; `ember pause|resume|stop` use it.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
 }
 
 /// Where the guest kit's outputs are: $EMBER_GUEST_DIR, else target/guest
@@ -130,7 +148,19 @@ mod tests {
         full.extend(argv);
         match Cli::try_parse_from(full).unwrap().command {
             Command::Run(a) => a,
+            other => panic!("not a run: {other:?}"),
         }
+    }
+
+    #[test]
+    fn api_commands_need_the_socket() {
+        let c = Cli::try_parse_from(["ember", "pause", "--api-sock", "/tmp/s"]).unwrap();
+        assert!(matches!(c.command, Command::Pause(a) if a.api_sock == Path::new("/tmp/s")));
+        assert!(Cli::try_parse_from(["ember", "stop"]).is_err());
+        assert_eq!(
+            args(&["--api-sock", "/tmp/a"]).api_sock.as_deref(),
+            Some(Path::new("/tmp/a"))
+        );
     }
 
     #[test]

@@ -21,7 +21,12 @@ fn main() {
 }
 
 fn run(cli: Cli) -> u8 {
-    let Command::Run(args) = cli.command;
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::Pause(a) => return api_call(&a, "PATCH", "/vm", r#"{"state":"Paused"}"#),
+        Command::Resume(a) => return api_call(&a, "PATCH", "/vm", r#"{"state":"Resumed"}"#),
+        Command::Stop(a) => return api_call(&a, "PUT", "/actions", r#"{"action_type":"Stop"}"#),
+    };
 
     let config = match args.to_config(&kit_dir()) {
         Ok(c) => c,
@@ -44,14 +49,43 @@ fn run(cli: Cli) -> u8 {
     // holder process at exit (src/reaper.rs), so the exit status is out
     // as soon as the disks are flushed and the terminal restored.
     ember::reaper::hold_until_exit();
+    // Bound before the start: a bad path fails here, not with a VM running.
+    let api_socket = match args.api_sock.as_deref().map(ember::api::ApiSocket::bind) {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => return fail(2, &e),
+    };
     let mut vm = match Vm::start(&config) {
         Ok(vm) => vm,
         Err(e) => return fail(if e.is_usage() { 2 } else { 1 }, &e),
     };
+    // Dropped before this function returns: thread joined, socket removed.
+    let _api =
+        match api_socket.map(|s| s.serve(vm.control(), format!("ember-{}", std::process::id()))) {
+            None => None,
+            Some(Ok(server)) => Some(server),
+            Some(Err(e)) => {
+                drop(vm);
+                return fail(1, &e);
+            }
+        };
     vm.stop_on(signals);
     let exit = vm.wait();
     drop(vm);
     exit_code(&exit)
+}
+
+/// `ember pause|resume|stop`: one API request; 0 on success, 1 with the
+/// API's message otherwise.
+fn api_call(args: &ember::cli::ApiArgs, method: &str, uri: &str, body: &str) -> u8 {
+    match ember::api::client::request(&args.api_sock, method, uri, Some(body)) {
+        Ok(r) if (200..300).contains(&r.status) => 0,
+        Ok(r) => {
+            eprintln!("ember: {}", r.message());
+            1
+        }
+        Err(e) => fail(1, &e),
+    }
 }
 
 /// 0 clean poweroff/reboot or console quit · 1 host failure · 3 guest crash ·

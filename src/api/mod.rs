@@ -1,0 +1,103 @@
+//! The control API on a Unix socket (`ember run --api-sock PATH`):
+//! Firecracker's HTTP API for the endpoints Ember has a meaning for, served
+//! on a thread of its own that touches the VM only through `VmControl`, so
+//! no client can stall a vCPU or the event loop. See routes.rs for the
+//! endpoints, server.rs for the limits; client.rs is the CLI's side.
+
+pub mod client;
+mod routes;
+mod server;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::control::VmControl;
+
+pub use server::{IDLE, MAX_CONNECTIONS, MAX_REQUEST};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("--api-sock {0}: a file is already there (remove it, or choose another path)")]
+    Exists(PathBuf),
+    #[error("--api-sock {path}: cannot listen there")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the API thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// A bound API socket, not serving yet: bound before the VM starts, so a
+/// bad path fails the start instead of a running VM.
+pub struct ApiSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ApiSocket {
+    pub fn bind(path: &Path) -> Result<Self, ApiError> {
+        if path.symlink_metadata().is_ok() {
+            return Err(ApiError::Exists(path.to_path_buf()));
+        }
+        let listener = UnixListener::bind(path).map_err(|source| ApiError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Serves the VM behind `vm` until the returned server is dropped.
+    pub fn serve(self, vm: VmControl, id: String) -> Result<ApiServer, ApiError> {
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(ApiError::Thread)?;
+        let stop_fd = stop.as_raw_fd();
+        let listener = self.listener.try_clone().map_err(|source| ApiError::Bind {
+            path: self.path.clone(),
+            source,
+        })?;
+        let thread = std::thread::Builder::new()
+            .name("ember-api".into())
+            .spawn(move || {
+                crate::signals::block_stop_signals_here();
+                server::serve(listener, stop_fd, vm, id)
+            })
+            .map_err(ApiError::Thread)?;
+        Ok(ApiServer {
+            socket: Some(self),
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ApiSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The serving API thread. Dropping it stops the thread, closes every
+/// connection and removes the socket file.
+pub struct ApiServer {
+    socket: Option<ApiSocket>,
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.socket = None;
+    }
+}

@@ -1,0 +1,174 @@
+//! The API socket end to end: the real `ember run --api-sock` with a tiny
+//! guest that prints dots, driven by `ember pause|resume|stop` and by raw
+//! clients (garbage, an oversized request, a client that sends half a
+//! request and waits), none of which may disturb the VM or the others.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ember::api::client::request;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn ember(args: &[&str]) -> std::process::Output {
+    Command::new(ember_bin()).args(args).output().unwrap()
+}
+
+fn state(sock: &Path) -> String {
+    let r = request(sock, "GET", "/", None).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    v["state"].as_str().unwrap().to_string()
+}
+
+/// Bytes the guest has printed so far (stdout goes to a file).
+fn printed(out: &Path) -> u64 {
+    std::fs::metadata(out).map(|m| m.len()).unwrap_or(0)
+}
+
+fn wait_growth(out: &Path, from: u64) {
+    let deadline = Instant::now() + LIMIT;
+    while printed(out) <= from {
+        assert!(Instant::now() < deadline, "no guest output for {LIMIT:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn raw_exchange(sock: &Path, bytes: &[u8]) -> String {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    reply
+}
+
+fn start(dir: &Path, sock: &Path) -> Child {
+    let elf = tiny_guest("api_ticker", "ticker.S");
+    let out = std::fs::File::create(dir.join("out")).unwrap();
+    let child = Command::new(ember_bin())
+        .args(["run", "--memory", "32M", "--kernel"])
+        .arg(&elf)
+        .arg("--api-sock")
+        .arg(sock)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while UnixStream::connect(sock).is_err() {
+        assert!(Instant::now() < deadline, "no API socket at {sock:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+#[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
+fn pause_resume_and_stop_through_the_api_and_bad_clients_cost_nothing() {
+    require_kvm();
+    let dir = scratch("api");
+    let sock = dir.join("api.sock");
+    let out = dir.join("out");
+    let mut child = start(&dir, &sock);
+    wait_growth(&out, "ready\n".len() as u64);
+    assert_eq!(state(&sock), "Running");
+    let mc = request(&sock, "GET", "/machine-config", None).unwrap();
+    assert!(mc.body.contains(r#""mem_size_mib":32"#), "{}", mc.body);
+
+    // A client that sends half a request and waits holds only itself.
+    let mut slow = UnixStream::connect(&sock).unwrap();
+    slow.write_all(b"PATCH /vm HTTP/1.1\r\nContent-Length: 20\r\n\r\n{\"st")
+        .unwrap();
+
+    let p = ember(&["pause", "--api-sock", sock.to_str().unwrap()]);
+    assert!(p.status.success(), "{}", text(&p.stderr));
+    assert_eq!(state(&sock), "Paused");
+    std::thread::sleep(Duration::from_millis(100));
+    let paused_at = printed(&out);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(printed(&out), paused_at, "the guest printed while paused");
+
+    let garbage = raw_exchange(&sock, b"\x00\x01 nonsense\r\n\r\n");
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+    assert!(garbage.contains("fault_message"), "{garbage}");
+    let huge = format!(
+        "PUT /actions HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        ember::api::MAX_REQUEST
+    );
+    let refused = raw_exchange(&sock, huge.as_bytes());
+    assert!(refused.contains("larger than"), "{refused}");
+    let bad = request(&sock, "PATCH", "/vm", Some(r#"{"state":"Frozen"}"#)).unwrap();
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.message().contains("unknown variant `Frozen`"),
+        "{}",
+        bad.body
+    );
+    assert_eq!(state(&sock), "Paused", "bad requests changed nothing");
+
+    let r = ember(&["resume", "--api-sock", sock.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    assert_eq!(state(&sock), "Running");
+    wait_growth(&out, paused_at);
+
+    drop(slow);
+    let s = ember(&["stop", "--api-sock", sock.to_str().unwrap()]);
+    assert!(s.status.success(), "{}", text(&s.stderr));
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "ember still running after stop");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "stderr: {err}");
+    assert!(!sock.exists(), "the socket file is removed at exit");
+    let gone = ember(&["pause", "--api-sock", sock.to_str().unwrap()]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(
+        text(&gone.stderr).contains("cannot reach the API"),
+        "{}",
+        text(&gone.stderr)
+    );
+}
+
+#[test]
+fn an_existing_file_at_the_socket_path_is_a_usage_error_naming_it() {
+    let dir = scratch("api_exists");
+    let sock = dir.join("taken");
+    std::fs::write(&sock, b"mine").unwrap();
+    let out = Command::new(ember_bin())
+        .args([
+            "run",
+            "--kernel",
+            "/nonexistent-but-not-reached",
+            "--api-sock",
+        ])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("--api-sock") && err.contains("taken"), "{err}");
+    assert_eq!(
+        std::fs::read(&sock).unwrap(),
+        b"mine",
+        "the file is untouched"
+    );
+}
