@@ -20,6 +20,20 @@ struct Shared {
     memory: u64,
 }
 
+impl Shared {
+    /// Kicks every listed vCPU thread out of KVM_RUN.
+    fn kick_all(&self) {
+        if let Some(threads) = crate::lock(&self.threads).as_ref() {
+            for &id in threads {
+                // SAFETY: the thread is not joined while it is listed
+                // (forget_vcpu_threads takes this lock first); the
+                // handler only sets immediate_exit.
+                unsafe { libc::pthread_kill(id, crate::vcpu::kick_signal()) };
+            }
+        }
+    }
+}
+
 impl VmControl {
     pub(crate) fn new(exit: Arc<ExitSignal>, cpus: u8, memory: u64) -> Self {
         let control = Self(Arc::new(Shared {
@@ -29,13 +43,18 @@ impl VmControl {
             cpus,
             memory,
         }));
-        // A paused VM that ends lets its vCPUs go, to see the end and stop.
+        // When the VM ends, whoever ends it: a paused VM lets its vCPUs go,
+        // and every vCPU is kicked out of the guest, so they stop in
+        // parallel. The kicks go through the locked thread list, so a hook
+        // still running on another thread (an API stop, a vCPU's exit)
+        // cannot signal a thread the teardown has joined meanwhile.
         // Weak: the exit signal's hooks must not keep this alive (a cycle
         // through `exit` would leak both, eventfd included).
         let c = Arc::downgrade(&control.0);
         exit.on_end(Box::new(move || {
             if let Some(c) = c.upgrade() {
                 c.gate.end();
+                c.kick_all();
             }
         }));
         control
@@ -64,16 +83,7 @@ impl VmControl {
             .as_ref()
             .ok_or(PauseError::Ended)?
             .len();
-        self.0.gate.pause(vcpus, || {
-            if let Some(threads) = crate::lock(&self.0.threads).as_ref() {
-                for &id in threads {
-                    // SAFETY: the thread is not joined while it is listed
-                    // (forget_vcpu_threads takes this lock first); the
-                    // handler only sets immediate_exit.
-                    unsafe { libc::pthread_kill(id, crate::vcpu::kick_signal()) };
-                }
-            }
-        })
+        self.0.gate.pause(vcpus, || self.0.kick_all())
     }
 
     /// Lets a paused guest run again; resuming a running VM does nothing.

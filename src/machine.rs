@@ -172,16 +172,8 @@ impl Machine {
                 crate::signals::block_stop_signals_here();
                 vcpu::run(fd, cpu, buses, mem, exit, control)
             })?;
-        // When the VM ends, every vCPU is kicked out of the guest at once,
-        // whoever ended it. Hooks run only on the first end, which happens
-        // at the latest in Drop, before the join: the id is still valid.
-        let id = thread.as_pthread_t();
-        self.control.add_vcpu_thread(id);
-        self.exit.on_end(Box::new(move || {
-            // SAFETY: a signal to a thread of this process that is not yet
-            // joined (see above); its handler only sets immediate_exit.
-            unsafe { libc::pthread_kill(id, vcpu::kick_signal()) };
-        }));
+        // Kicked when the VM ends (VmControl's end hook) and for pauses.
+        self.control.add_vcpu_thread(thread.as_pthread_t());
         self.vcpus.push(VcpuThread {
             exit: self.exit.clone(),
             thread: Some(thread),

@@ -185,8 +185,10 @@ pub fn exit(code: u8) -> ! {
 /// Forks the holder child; returns in the parent.
 fn fork_holder(keep: &mut Vec<RawFd>) -> std::io::Result<()> {
     let mut pipe = [0 as RawFd; 2];
-    // SAFETY: pipe() writes two descriptors into the array.
-    if unsafe { libc::pipe(pipe.as_mut_ptr()) } != 0 {
+    // SAFETY: pipe2() writes two descriptors into the array. Close-on-exec:
+    // a process another thread starts meanwhile must not hold the write
+    // end (the holder would wait for it too).
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     let [parent_exited, alive] = pipe;
@@ -220,6 +222,9 @@ fn fork_holder(keep: &mut Vec<RawFd>) -> std::io::Result<()> {
 /// The holder child: every descriptor but `keep` closed, then it waits for
 /// the parent's end and exits, which closes the VM descriptors.
 fn holder(keep: &[RawFd], parent_exited: RawFd) -> ! {
+    // Named so that `pgrep ember` does not count it once `ember` has gone.
+    // SAFETY: prctl(PR_SET_NAME) with a NUL-terminated literal.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"ember-holder".as_ptr()) };
     let mut next: u32 = 0;
     for &fd in keep {
         let fd = fd as u32;

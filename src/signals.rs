@@ -26,6 +26,7 @@ extern "C" fn on_signal(signo: libc::c_int, _: *mut libc::siginfo_t, _: *mut lib
     LAST_SIGNAL.store(signo, Ordering::SeqCst);
     if TEARING_DOWN.load(Ordering::SeqCst) {
         crate::terminal::restore_terminal_from_signal();
+        crate::api::unlink_from_signal();
         // SAFETY: _exit is async-signal-safe.
         unsafe { libc::_exit(128 + signo) };
     }

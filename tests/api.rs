@@ -114,6 +114,25 @@ fn pause_resume_and_stop_through_the_api_and_bad_clients_cost_nothing() {
     );
     assert_eq!(state(&sock), "Paused", "bad requests changed nothing");
 
+    // A client that half-closes after its request still gets the reply.
+    let mut half = UnixStream::connect(&sock).unwrap();
+    half.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    half.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    half.set_read_timeout(Some(LIMIT)).unwrap();
+    half.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.contains("Paused"),
+        "{reply}"
+    );
+    // Every slot taken by idle clients: a new client still gets served.
+    let idle: Vec<UnixStream> = (0..ember::api::MAX_CONNECTIONS)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(state(&sock), "Paused");
+    drop(idle);
+
     let r = ember(&["resume", "--api-sock", sock.to_str().unwrap()]);
     assert!(r.status.success(), "{}", text(&r.stderr));
     assert_eq!(state(&sock), "Running");

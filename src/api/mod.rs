@@ -8,9 +8,12 @@ pub mod client;
 mod routes;
 mod server;
 
+use std::ffi::CString;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -33,6 +36,22 @@ pub enum ApiError {
     Thread(#[source] std::io::Error),
 }
 
+/// The socket's path for `unlink_from_signal`: a leaked C string (a
+/// handler may read it at any moment, so it is never freed), null when no
+/// socket is bound.
+static SOCKET_PATH: AtomicPtr<libc::c_char> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Removes the API socket file; async-signal-safe, for a signal that ends
+/// the process without running destructors.
+pub(crate) fn unlink_from_signal() {
+    let p = SOCKET_PATH.load(Ordering::SeqCst);
+    if !p.is_null() {
+        // SAFETY: a NUL-terminated string that is never freed; unlink(2)
+        // is async-signal-safe.
+        unsafe { libc::unlink(p) };
+    }
+}
+
 /// A bound API socket, not serving yet: bound before the VM starts, so a
 /// bad path fails the start instead of a running VM.
 pub struct ApiSocket {
@@ -49,6 +68,9 @@ impl ApiSocket {
             path: path.to_path_buf(),
             source,
         })?;
+        if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
+            SOCKET_PATH.store(c.into_raw(), Ordering::SeqCst);
+        }
         Ok(Self {
             listener,
             path: path.to_path_buf(),
@@ -80,6 +102,8 @@ impl ApiSocket {
 
 impl Drop for ApiSocket {
     fn drop(&mut self) {
+        // The leaked string stays: a handler may be reading it right now.
+        SOCKET_PATH.store(std::ptr::null_mut(), Ordering::SeqCst);
         let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -1,9 +1,12 @@
 //! The API socket's connections: a poll loop on a thread of its own, every
 //! socket non-blocking, HTTP/1.1 parsed by `httparse`. A client costs only
-//! its own connection: requests are bounded in size, a connection that
-//! makes no progress for `IDLE` is closed, at most `MAX_CONNECTIONS` are
-//! served at once (more are closed as they come), and garbage gets a 400
-//! and a close. The VM is never touched except through `routes::route`.
+//! its own connection: requests are bounded in size; a request (from its
+//! first byte to the last byte of its reply) or an idle keep-alive
+//! connection gets `IDLE` at most; at most `MAX_CONNECTIONS` are open (a
+//! new one closes the one idle longest); each connection gets one request
+//! served per round, so pipelined requests cannot starve the others; and
+//! garbage gets a 400 and a close. The VM is never touched except through
+//! `routes::route`.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -16,8 +19,11 @@ use crate::control::VmControl;
 /// Largest request (head and body) one connection may send.
 pub const MAX_REQUEST: usize = 64 << 10;
 pub const MAX_CONNECTIONS: usize = 16;
-/// A connection with nothing read or written for this long is closed.
+/// How long one request may take from its first byte to its reply's last
+/// byte, and how long a keep-alive connection may sit idle.
 pub const IDLE: Duration = Duration::from_secs(10);
+/// How long accepting waits after the process ran out of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_HEADERS: usize = 32;
 
 struct Conn {
@@ -27,7 +33,16 @@ struct Conn {
     /// Response bytes not yet written.
     outbox: Vec<u8>,
     close_after_write: bool,
-    last_progress: Instant,
+    /// When the current request (or the idle wait for one) began.
+    since: Instant,
+}
+
+/// What a read found.
+enum ReadOutcome {
+    Open,
+    /// The client closed its side: answer what it sent, then close.
+    Eof,
+    Failed,
 }
 
 /// What the head of `inbox` holds.
@@ -97,26 +112,33 @@ fn response_bytes(r: &Reply) -> Vec<u8> {
 }
 
 impl Conn {
-    /// Answers every whole request in the inbox (pipelined ones too).
-    fn serve(&mut self, vm: &VmControl, id: &str) {
-        while !self.close_after_write {
-            match parse(&self.inbox) {
-                Parsed::Incomplete => {
-                    if self.inbox.len() >= MAX_REQUEST {
-                        self.fail(format!("request larger than {MAX_REQUEST} bytes"));
-                    }
-                    return;
-                }
-                Parsed::Bad(why) => return self.fail(why),
-                Parsed::Request(method, path, body, used, keep_alive) => {
-                    self.inbox.drain(..used);
-                    let reply = route(vm, id, &method, &path, &body);
-                    log::info!("API {method} {path}: {}", reply.status);
-                    self.outbox.extend(response_bytes(&reply));
-                    self.close_after_write = !keep_alive;
+    /// Answers the first whole request in the inbox, if there is one.
+    fn serve_one(&mut self, vm: &VmControl, id: &str) {
+        if self.close_after_write || !self.outbox.is_empty() {
+            return;
+        }
+        match parse(&self.inbox) {
+            Parsed::Incomplete => {
+                if self.inbox.len() >= MAX_REQUEST {
+                    self.fail(format!("request larger than {MAX_REQUEST} bytes"));
                 }
             }
+            Parsed::Bad(why) => self.fail(why),
+            Parsed::Request(method, path, body, used, keep_alive) => {
+                self.inbox.drain(..used);
+                let reply = route(vm, id, &method, &path, &body);
+                log::info!("API {method} {path}: {}", reply.status);
+                self.outbox.extend(response_bytes(&reply));
+                self.close_after_write = !keep_alive;
+            }
         }
+    }
+
+    /// A whole request waits in the inbox (one was pipelined behind another).
+    fn has_request(&self) -> bool {
+        self.outbox.is_empty()
+            && !self.close_after_write
+            && matches!(parse(&self.inbox), Parsed::Request(..) | Parsed::Bad(_))
     }
 
     fn fail(&mut self, why: String) {
@@ -126,22 +148,25 @@ impl Conn {
         self.close_after_write = true;
     }
 
-    /// Reads what is there; false when the connection is done with.
-    fn read_some(&mut self) -> bool {
+    /// Reads what is there.
+    fn read_some(&mut self) -> ReadOutcome {
         let mut chunk = [0u8; 8192];
         loop {
+            if self.inbox.is_empty() {
+                // A new request's time starts at its first byte.
+                self.since = Instant::now();
+            }
             match self.stream.read(&mut chunk) {
-                Ok(0) => return false,
+                Ok(0) => return ReadOutcome::Eof,
                 Ok(n) => {
-                    self.last_progress = Instant::now();
                     self.inbox.extend_from_slice(&chunk[..n]);
                     if self.inbox.len() >= MAX_REQUEST {
-                        return true;
+                        return ReadOutcome::Open;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Open,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
+                Err(_) => return ReadOutcome::Failed,
             }
         }
     }
@@ -152,7 +177,6 @@ impl Conn {
             match self.stream.write(&self.outbox) {
                 Ok(0) => return false,
                 Ok(n) => {
-                    self.last_progress = Instant::now();
                     self.outbox.drain(..n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
@@ -160,6 +184,9 @@ impl Conn {
                 Err(_) => return false,
             }
         }
+        // The reply is out: the next request's (or the idle wait's) time
+        // starts now.
+        self.since = Instant::now();
         !self.close_after_write
     }
 }
@@ -171,10 +198,15 @@ pub fn serve(listener: UnixListener, stop: RawFd, vm: VmControl, id: String) {
         return;
     }
     let mut conns: Vec<Conn> = Vec::new();
+    let mut accept_after: Option<Instant> = None;
     loop {
+        let accepting = accept_after.is_none_or(|t| Instant::now() >= t);
         let mut fds = vec![
             poll_fd(stop, libc::POLLIN),
-            poll_fd(listener.as_raw_fd(), libc::POLLIN),
+            poll_fd(
+                listener.as_raw_fd(),
+                if accepting { libc::POLLIN } else { 0 },
+            ),
         ];
         for c in &conns {
             let events = if c.outbox.is_empty() {
@@ -184,8 +216,16 @@ pub fn serve(listener: UnixListener, stop: RawFd, vm: VmControl, id: String) {
             };
             fds.push(poll_fd(c.stream.as_raw_fd(), events));
         }
+        // Requests already read (pipelined) are served without waiting.
+        let timeout = if conns.iter().any(Conn::has_request) {
+            0
+        } else if !accepting {
+            ACCEPT_BACKOFF.as_millis() as libc::c_int
+        } else {
+            1000
+        };
         // SAFETY: `fds` is a live array of pollfd of the given length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
             log::warn!(
                 "API socket: poll failed ({}); API off",
@@ -200,21 +240,29 @@ pub fn serve(listener: UnixListener, stop: RawFd, vm: VmControl, id: String) {
         let mut keep = Vec::with_capacity(conns.len());
         for (mut c, p) in conns.into_iter().zip(&fds[2..]) {
             let mut alive = true;
-            if p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
-                && c.outbox.is_empty()
-            {
-                alive = c.read_some();
-                c.serve(&vm, &id);
+            let readable = p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
+            if readable && c.outbox.is_empty() {
+                match c.read_some() {
+                    ReadOutcome::Open => {}
+                    ReadOutcome::Eof => {
+                        // Half-closed: what it sent is still answered.
+                        c.serve_one(&vm, &id);
+                        c.close_after_write = true;
+                    }
+                    ReadOutcome::Failed => alive = false,
+                }
+            }
+            if alive {
+                c.serve_one(&vm, &id);
+                if c.outbox.is_empty() && c.close_after_write {
+                    alive = false;
+                }
             }
             if alive && !c.outbox.is_empty() {
                 alive = c.write_some();
-                if alive && c.outbox.is_empty() {
-                    // Requests pipelined behind the one just answered.
-                    c.serve(&vm, &id);
-                }
             }
-            if alive && c.last_progress.elapsed() >= IDLE {
-                log::info!("API connection idle for {IDLE:?}: closed");
+            if alive && c.since.elapsed() >= IDLE {
+                log::info!("API connection: no request done within {IDLE:?}; closed");
                 alive = false;
             }
             if alive {
@@ -222,33 +270,44 @@ pub fn serve(listener: UnixListener, stop: RawFd, vm: VmControl, id: String) {
             }
         }
         conns = keep;
-        if fds[1].revents & libc::POLLIN != 0 {
-            accept_all(&listener, &mut conns);
+        if accepting && fds[1].revents & libc::POLLIN != 0 {
+            if let Err(e) = accept_all(&listener, &mut conns) {
+                log::warn!("API socket: cannot accept ({e}); retrying in {ACCEPT_BACKOFF:?}");
+                accept_after = Some(Instant::now() + ACCEPT_BACKOFF);
+            } else {
+                accept_after = None;
+            }
         }
     }
 }
 
-fn accept_all(listener: &UnixListener, conns: &mut Vec<Conn>) {
+/// Accepts every pending connection; when all slots are taken, the
+/// connection that has waited longest makes room. Err when accepting fails
+/// for a reason that would repeat at once (out of descriptors).
+fn accept_all(listener: &UnixListener, conns: &mut Vec<Conn>) -> io::Result<()> {
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
-                if conns.len() >= MAX_CONNECTIONS {
-                    log::info!("API: {MAX_CONNECTIONS} connections open; one more refused");
-                    continue;
-                }
                 if stream.set_nonblocking(true).is_err() {
                     continue;
+                }
+                if conns.len() >= MAX_CONNECTIONS {
+                    if let Some(oldest) = (0..conns.len()).min_by_key(|&i| conns[i].since) {
+                        log::info!("API: {MAX_CONNECTIONS} connections open; the oldest closed");
+                        conns.swap_remove(oldest);
+                    }
                 }
                 conns.push(Conn {
                     stream,
                     inbox: Vec::new(),
                     outbox: Vec::new(),
                     close_after_write: false,
-                    last_progress: Instant::now(),
+                    since: Instant::now(),
                 });
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
         }
     }
 }
