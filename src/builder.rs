@@ -8,8 +8,11 @@ use std::sync::{Arc, Mutex};
 use ember_devices::bus::{Bus, SharedDevice};
 use ember_devices::i8042::I8042;
 use ember_devices::pvpanic::PvPanic;
-use ember_devices::serial::SerialDevice;
+use ember_devices::serial::{SerialDevice, SerialSnapshot};
 use ember_devices::sleep::SleepControl;
+use ember_devices::virtio::block::Block;
+use ember_devices::virtio::mmio::TransportSnapshot;
+use ember_devices::virtio::net::Net;
 use ember_devices::virtio::VirtioDevice;
 use ember_devices::SignalLine;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
@@ -17,7 +20,7 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::config::{ConfigError, VmConfig};
+use crate::config::{ConfigError, ConsoleMode, VmConfig};
 use crate::console::{ConsoleHost, SerialOut};
 use crate::console_input::ConsoleInput;
 use crate::error::Error;
@@ -28,6 +31,8 @@ use crate::loader::{self, LoadedKernel};
 use crate::machine::Machine;
 use crate::memory;
 use crate::platform::{self, Host};
+use crate::snapshot::vm_state::VmState;
+use crate::snapshot::{SavedDisk, SavedMachine, SavedNet, SharedSerial, SnapshotSource};
 use crate::vcpu::{self, Buses};
 use crate::virtio_devices;
 use crate::x86_64::{acpi, boot_params, cpuid, mptable, msrs, regs};
@@ -38,7 +43,7 @@ pub(crate) fn build(config: &VmConfig) -> Result<Machine, Error> {
     // Everything the user gave is checked before KVM is touched, so bad
     // input gets its own error even on a host without /dev/kvm.
     config.validate()?;
-    check_memory_fits_host(config)?;
+    check_memory_fits_host(config.memory)?;
     let disks = virtio_devices::open_disks(&config.disks)?;
     let nets = virtio_devices::open_nets(&config.nets)?;
     let host = Host::detect();
@@ -49,23 +54,105 @@ pub(crate) fn build(config: &VmConfig) -> Result<Machine, Error> {
     let cr3 = regs::write_boot_tables(&mem)?;
     fault_point("load the boot payload")?;
 
+    let saved = SavedMachine {
+        cpus: config.cpus,
+        memory: config.memory,
+        pit: config.pit,
+        kernel: config.kernel.clone(),
+        cmdline: config.cmdline.clone(),
+        disks: config
+            .disks
+            .iter()
+            .zip(&disks)
+            .map(|(d, b)| SavedDisk {
+                path: d.path.clone(),
+                read_only: d.read_only,
+                bytes: b.capacity_bytes(),
+            })
+            .collect(),
+        nets: config
+            .nets
+            .iter()
+            .zip(&nets)
+            .map(|(n, dev)| SavedNet {
+                tap: n.tap.clone(),
+                mac: dev.mac(),
+            })
+            .collect(),
+        emulating: host.is_emulating(),
+    };
+    let parts = Parts {
+        machine: saved,
+        mem,
+        disks,
+        nets,
+        console: &config.console,
+        paused: false,
+    };
+    assemble(parts, None, |kvm, vm| {
+        create_vcpus(kvm, vm, config.cpus, host, kernel.entry, cr3)
+    })
+}
+
+/// What a machine is made of, before KVM.
+pub(crate) struct Parts<'a> {
+    pub machine: SavedMachine,
+    pub mem: GuestMemoryMmap,
+    pub disks: Vec<Block>,
+    pub nets: Vec<Net>,
+    pub console: &'a ConsoleMode,
+    /// The vCPUs park before their first KVM_RUN until resumed.
+    pub paused: bool,
+}
+
+/// The devices' saved states, for a restore.
+pub(crate) struct SavedDevices<'a> {
+    pub vm: &'a VmState,
+    pub serial: &'a SerialSnapshot,
+    pub virtio: &'a [TransportSnapshot],
+}
+
+/// KVM → VM with irqchip (and PIT) → console → devices → vCPUs (made by
+/// `vcpus`) → threads: the part of a start that a boot and a restore
+/// share. With `saved`, every device starts in its saved state.
+pub(crate) fn assemble(
+    parts: Parts,
+    saved: Option<SavedDevices>,
+    vcpus: impl FnOnce(&Kvm, &VmFd) -> Result<Vec<VcpuFd>, Error>,
+) -> Result<Machine, Error> {
+    let Parts {
+        machine: description,
+        mem,
+        disks,
+        nets,
+        console,
+        paused,
+    } = parts;
+    let (cpus, memory, pit) = (description.cpus, description.memory, description.pit);
     let kvm = Kvm::new().map_err(Error::OpenKvm)?;
-    check_cpus_fit_kvm(&kvm, config)?;
+    check_cpus_fit_kvm(&kvm, cpus)?;
     let vm_fd = kvm.create_vm().map_err(Error::kvm("create a VM"))?;
     memory::register_with_kvm(&vm_fd, &mem)?;
-    create_irqchip(&vm_fd, config.pit)?;
+    create_irqchip(&vm_fd, pit)?;
+    if let Some(saved) = &saved {
+        saved.vm.restore(&vm_fd, pit).map_err(Error::RestoreVm)?;
+    }
     fault_point("create the VM")?;
 
     let exit = Arc::new(ExitSignal::new().map_err(Error::host("create the exit eventfd"))?);
     let (console, serial_out) =
-        ConsoleHost::new(&config.console).map_err(Error::host("create the console"))?;
-    let control = crate::control::VmControl::new(exit.clone(), config.cpus, config.memory);
+        ConsoleHost::new(console).map_err(Error::host("create the console"))?;
+    let control = crate::control::VmControl::new(exit.clone(), cpus, memory, paused);
     let mut machine = Machine::new(kvm, vm_fd, mem, exit.clone(), console, control);
     fault_point("start the console")?;
 
-    let (mut buses, serial, input_wanted) = create_devices(machine.vm_fd(), &exit, serial_out)?;
+    let (mut buses, serial, input_wanted) = create_devices(
+        machine.vm_fd(),
+        &exit,
+        serial_out,
+        saved.as_ref().map(|s| s.serial),
+    )?;
     let mut manager = event_loop::new_manager().map_err(Error::host("create the event loop"))?;
-    let slots = virtio_slots.iter().enumerate();
     let devices = disks
         .into_iter()
         .map(|d| (Box::new(d) as Box<dyn VirtioDevice>, true))
@@ -73,22 +160,26 @@ pub(crate) fn build(config: &VmConfig) -> Result<Machine, Error> {
             nets.into_iter()
                 .map(|n| (Box::new(n) as Box<dyn VirtioDevice>, false)),
         );
-    for ((index, &(base, irq)), (device, own_loop)) in slots.zip(devices) {
+    let mut attached = Vec::new();
+    for (index, (device, own_loop)) in devices.enumerate() {
+        let (base, irq) = virtio_slot(index);
         let slot = virtio_devices::Slot { index, base, irq };
         // A disk's queue is served on a loop of its own (see event_loop).
         let mut worker = match own_loop {
             true => Some(event_loop::new_manager().map_err(Error::host("create a disk's loop"))?),
             false => None,
         };
-        let transport = virtio_devices::attach(
+        let (transport, server) = virtio_devices::attach(
             machine.vm_fd(),
             machine.memory(),
             &mut buses.mmio,
             worker.as_mut().unwrap_or(&mut manager),
             slot,
             device,
+            saved.as_ref().and_then(|s| s.virtio.get(index)),
         )?;
-        machine.add_device(transport);
+        machine.add_device(server.clone());
+        attached.push((transport, server));
         if let Some(worker) = worker {
             machine
                 .start_worker(format!("ember-disk{index}"), worker)
@@ -97,19 +188,19 @@ pub(crate) fn build(config: &VmConfig) -> Result<Machine, Error> {
         log::info!("virtio device {index} at {base:#x}, IRQ {irq}");
     }
     fault_point("attach the devices")?;
-    let vcpus = create_vcpus(
-        machine.kvm(),
-        machine.vm_fd(),
-        config.cpus,
-        host,
-        kernel.entry,
-        cr3,
-    )?;
+    let vcpus = vcpus(machine.kvm(), machine.vm_fd())?;
     let source = machine.console().input_source();
     event_loop::add(
         &mut manager,
-        ConsoleInput::new(serial, source, input_wanted, exit.clone()),
+        ConsoleInput::new(serial.clone(), source, input_wanted, exit.clone()),
     );
+    machine.control().set_snapshot_source(SnapshotSource {
+        vm: machine.shared_vm_fd(),
+        memory: machine.memory().clone(),
+        serial,
+        virtio: attached,
+        machine: description,
+    });
 
     vcpu::install_kick_handler().map_err(Error::host("install the vCPU kick signal"))?;
     machine
@@ -153,11 +244,11 @@ fn fault_point(step: &'static str) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_cpus_fit_kvm(kvm: &Kvm, config: &VmConfig) -> Result<(), Error> {
+fn check_cpus_fit_kvm(kvm: &Kvm, cpus: u8) -> Result<(), Error> {
     let max = kvm.get_max_vcpus();
-    if usize::from(config.cpus) > max {
+    if usize::from(cpus) > max {
         return Err(ConfigError::CpusAboveKvm {
-            value: config.cpus.into(),
+            value: cpus.into(),
             max: max as u32,
         }
         .into());
@@ -165,10 +256,10 @@ fn check_cpus_fit_kvm(kvm: &Kvm, config: &VmConfig) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_memory_fits_host(config: &VmConfig) -> Result<(), Error> {
+pub(crate) fn check_memory_fits_host(memory: u64) -> Result<(), Error> {
     match memory::host_memory_bytes() {
-        Some(host) if config.memory > host => Err(ConfigError::MemoryAboveHost {
-            value: config.memory,
+        Some(host) if memory > host => Err(ConfigError::MemoryAboveHost {
+            value: memory,
             host,
         }
         .into()),
@@ -243,6 +334,7 @@ fn create_devices(
     vm: &VmFd,
     exit: &Arc<ExitSignal>,
     serial_out: SerialOut,
+    saved_serial: Option<&SerialSnapshot>,
 ) -> Result<(Buses, SharedSerial, EventFd), Error> {
     let eventfd = || EventFd::new(EFD_NONBLOCK).map_err(Error::host("create an eventfd"));
     let line = |reason: VmExit| {
@@ -254,13 +346,15 @@ fn create_devices(
     vm.register_irqfd(&com1_irq, COM1_IRQ)
         .map_err(Error::kvm("register the COM1 irqfd"))?;
     let input_wanted = eventfd()?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        com1_irq,
-        input_wanted
-            .try_clone()
-            .map_err(Error::host("clone an eventfd"))?,
-        serial_out,
-    )));
+    let rx_drained = input_wanted
+        .try_clone()
+        .map_err(Error::host("clone an eventfd"))?;
+    let serial = match saved_serial {
+        None => SerialDevice::new(com1_irq, rx_drained, serial_out),
+        Some(saved) => SerialDevice::from_snapshot(com1_irq, rx_drained, serial_out, saved)
+            .map_err(Error::RestoreSerial)?,
+    };
+    let serial = Arc::new(Mutex::new(serial));
 
     let mut pio = Bus::new();
     let devices: [(&'static str, u64, u64, SharedDevice); 4] = [
@@ -300,9 +394,7 @@ fn create_devices(
     ))
 }
 
-type SharedSerial = Arc<Mutex<SerialDevice<SerialOut>>>;
-
-fn create_vcpus(
+pub(crate) fn create_vcpus(
     kvm: &Kvm,
     vm: &VmFd,
     cpus: u8,

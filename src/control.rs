@@ -2,10 +2,12 @@
 //! resume, its state, stop. Cheap to clone, and safe to keep after the VM
 //! has ended: every call then is an error or does nothing.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::exit::{ExitSignal, StopReason, VmExit};
 use crate::pause::{PauseError, PauseGate, RunState};
+use crate::snapshot::{SnapshotError, SnapshotInfo, SnapshotSource};
 
 #[derive(Clone)]
 pub struct VmControl(Arc<Shared>);
@@ -15,6 +17,10 @@ struct Shared {
     /// The vCPU threads to kick for a pause; `None` from the moment the
     /// VM's teardown starts joining them (a joined thread's id is gone).
     threads: Mutex<Option<Vec<libc::pthread_t>>>,
+    /// What a snapshot reads; `None` before the machine is whole and from
+    /// the moment its teardown starts (a snapshot in progress finishes
+    /// first: the teardown waits for this lock).
+    source: Mutex<Option<SnapshotSource>>,
     exit: Arc<ExitSignal>,
     cpus: u8,
     memory: u64,
@@ -35,10 +41,13 @@ impl Shared {
 }
 
 impl VmControl {
-    pub(crate) fn new(exit: Arc<ExitSignal>, cpus: u8, memory: u64) -> Self {
+    /// `paused`: the vCPUs park before their first KVM_RUN (a restored
+    /// VM that is not resumed yet).
+    pub(crate) fn new(exit: Arc<ExitSignal>, cpus: u8, memory: u64, paused: bool) -> Self {
         let control = Self(Arc::new(Shared {
-            gate: PauseGate::default(),
+            gate: PauseGate::new(paused),
             threads: Mutex::new(Some(Vec::new())),
+            source: Mutex::new(None),
             exit: exit.clone(),
             cpus,
             memory,
@@ -71,9 +80,32 @@ impl VmControl {
         }
     }
 
-    /// Called before the vCPU threads are joined: no kick after this.
+    /// Called before the vCPU threads are joined: no kick after this, and
+    /// no snapshot (the machine's parts are released).
     pub(crate) fn forget_vcpu_threads(&self) {
+        *crate::lock(&self.0.source) = None;
         *crate::lock(&self.0.threads) = None;
+    }
+
+    /// The machine is whole: snapshots may read it.
+    pub(crate) fn set_snapshot_source(&self, source: SnapshotSource) {
+        *crate::lock(&self.0.source) = Some(source);
+    }
+
+    /// Writes a full snapshot of the paused VM: its state to `state_path`,
+    /// its RAM to `mem_path` (both created or replaced). The VM stays
+    /// paused.
+    pub fn snapshot(
+        &self,
+        state_path: &Path,
+        mem_path: &Path,
+    ) -> Result<SnapshotInfo, SnapshotError> {
+        let source = crate::lock(&self.0.source);
+        let source = source.as_ref().ok_or(SnapshotError::Ended)?;
+        if self.run_state() != Some(RunState::Paused) {
+            return Err(SnapshotError::NotPaused);
+        }
+        crate::snapshot::capture(source, &self.0.gate, state_path, mem_path)
     }
 
     /// Pauses the guest: returns once no vCPU runs guest code (devices

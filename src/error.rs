@@ -47,6 +47,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Restore(#[from] crate::restore::RestoreError),
+    #[error("cannot restore the VM's irqchip and clock")]
+    RestoreVm(#[source] crate::snapshot::vm_state::VmStateError),
+    #[error("cannot restore the serial port")]
+    RestoreSerial(#[source] ember_devices::serial::SerialStateError),
+    #[error("cannot restore a vCPU")]
+    RestoreVcpu(#[source] crate::snapshot::vcpu_state::VcpuStateError),
     /// A failure a test asked for (see `inject_start_failure`).
     #[error("injected start failure at step \"{step}\"")]
     Injected { step: &'static str },
@@ -58,7 +66,14 @@ impl Error {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            Error::Config(_) | Error::Load(_) | Error::Disk(_) | Error::Net(_)
+            Error::Config(_)
+                | Error::Load(_)
+                | Error::Disk(_)
+                | Error::Net(_)
+                | Error::Restore(_)
+                | Error::RestoreVm(_)
+                | Error::RestoreSerial(_)
+                | Error::RestoreVcpu(_)
         )
     }
 

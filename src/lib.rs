@@ -35,7 +35,9 @@ mod memory;
 mod pause;
 pub mod platform;
 pub mod reaper;
+mod restore;
 mod signals;
+mod snapshot;
 mod stdin;
 pub mod terminal;
 mod vcpu;
@@ -50,7 +52,9 @@ pub use error::Error;
 pub use exit::{Crash, CrashKind, HostFailure, StopReason, VmExit};
 pub use loader::LoadError;
 pub use pause::{PauseError, RunState};
+pub use restore::{RestoreConfig, RestoreError};
 pub use signals::StopSignals;
+pub use snapshot::{SnapshotError, SnapshotInfo};
 pub use vm::Vm;
 
 #[doc(hidden)]

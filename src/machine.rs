@@ -71,7 +71,9 @@ pub(crate) struct Machine {
 /// The KVM descriptors and the guest memory: closing the VM fd is the slow
 /// part of a teardown (src/reaper.rs).
 struct KvmParts {
-    vm_fd: VmFd,
+    /// Shared with the snapshot source only while the machine runs
+    /// (VmControl drops its clone before the teardown hands this over).
+    vm_fd: Arc<VmFd>,
     kvm: Kvm,
     memory: GuestMemoryMmap,
 }
@@ -102,7 +104,11 @@ impl Machine {
             workers: Vec::new(),
             devices: Vec::new(),
             console,
-            kvm: Some(KvmParts { vm_fd, kvm, memory }),
+            kvm: Some(KvmParts {
+                vm_fd: Arc::new(vm_fd),
+                kvm,
+                memory,
+            }),
         }
     }
 
@@ -118,6 +124,11 @@ impl Machine {
 
     pub(crate) fn vm_fd(&self) -> &VmFd {
         &self.parts().vm_fd
+    }
+
+    /// The VM fd for the snapshot source (src/control.rs).
+    pub(crate) fn shared_vm_fd(&self) -> Arc<VmFd> {
+        self.parts().vm_fd.clone()
     }
 
     pub(crate) fn memory(&self) -> &GuestMemoryMmap {

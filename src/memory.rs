@@ -57,9 +57,14 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
         .collect();
     let mem = GuestMemoryMmap::from_ranges(&ranges)
         .map_err(|source| MemoryError::Map { size, source })?;
-    // A child process never needs guest memory (the CLI's holder process,
-    // src/reaper.rs; a library user's fork): without this, fork copies its
-    // page tables and write-protects every touched page in this process.
+    keep_out_of_forks(&mem)?;
+    Ok(mem)
+}
+
+/// A child process never needs guest memory (the CLI's holder process,
+/// src/reaper.rs; a library user's fork): without this, fork copies its
+/// page tables and write-protects every touched page in this process.
+pub fn keep_out_of_forks(mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
     for region in mem.iter() {
         // SAFETY: advice on a mapping the region owns; it changes what a
         // fork copies, not the mapping's contents.
@@ -78,7 +83,7 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
             });
         }
     }
-    Ok(mem)
+    Ok(())
 }
 
 /// Hands every region to KVM, one slot each.

@@ -3,7 +3,7 @@
 //! keep finishing what the guest queued before the pause; the guest's clock
 //! (kvm-clock) goes on, so the guest sees the paused time pass.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Whether the guest runs.
@@ -23,21 +23,37 @@ pub enum PauseError {
         vcpus: usize,
         waited: Duration,
     },
+    #[error("the VM is running (pause it first)")]
+    NotPaused,
+    #[error("{done} of {vcpus} vCPUs answered within {waited:?}")]
+    NoAnswer {
+        done: usize,
+        vcpus: usize,
+        waited: Duration,
+    },
 }
 
-#[derive(Default)]
-struct Gate {
+/// Work a parked vCPU thread does on its own vCPU (`T`, its VcpuFd), such
+/// as reading its state for a snapshot: a vCPU's fd has one owner, its
+/// thread, and nothing else touches it.
+pub(crate) type Errand<T> = Arc<dyn Fn(u8, &T) + Send + Sync>;
+
+struct Gate<T> {
     paused: bool,
     /// vCPU threads waiting in `park_if_paused`.
     parked: usize,
     /// The VM ended: nothing parks any more.
     ended: bool,
+    /// The errand for every parked vCPU, with its number (from 1).
+    errand: Option<(u64, Errand<T>)>,
+    errands: u64,
+    /// vCPUs that did the current errand.
+    done: usize,
 }
 
 /// Shared by the vCPU threads (which park at it) and the VM's owner.
-#[derive(Default)]
-pub(crate) struct PauseGate {
-    gate: Mutex<Gate>,
+pub(crate) struct PauseGate<T = kvm_ioctls::VcpuFd> {
+    gate: Mutex<Gate<T>>,
     changed: Condvar,
 }
 
@@ -45,20 +61,97 @@ pub(crate) struct PauseGate {
 const PAUSE_LIMIT: Duration = Duration::from_secs(2);
 const KICK_EVERY: Duration = Duration::from_millis(10);
 
-impl PauseGate {
-    /// vCPU side, before each KVM_RUN: waits while the VM is paused.
-    pub(crate) fn park_if_paused(&self) {
+/// How long an errand may take on every vCPU.
+const ERRAND_LIMIT: Duration = Duration::from_secs(5);
+
+impl<T> PauseGate<T> {
+    /// A gate that starts paused or running (a restored VM may start
+    /// paused: its vCPUs then park before their first KVM_RUN).
+    pub(crate) fn new(paused: bool) -> Self {
+        Self {
+            gate: Mutex::new(Gate {
+                paused,
+                parked: 0,
+                ended: false,
+                errand: None,
+                errands: 0,
+                done: 0,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// vCPU side, between KVM_RUNs when no exit awaits completion: waits
+    /// while the VM is paused, doing the errands it is given on `vcpu`.
+    /// Returns whether it waited.
+    pub(crate) fn park_if_paused(&self, cpu: u8, vcpu: &T) -> bool {
         let mut g = crate::lock(&self.gate);
         if !g.paused || g.ended {
-            return;
+            return false;
         }
         g.parked += 1;
         self.changed.notify_all();
+        let mut did = 0u64;
         while g.paused && !g.ended {
+            if let Some((n, errand)) = g.errand.clone().filter(|(n, _)| *n > did) {
+                drop(g);
+                errand(cpu, vcpu);
+                did = n;
+                g = crate::lock(&self.gate);
+                if g.errand.as_ref().is_some_and(|(current, _)| *current == n) {
+                    g.done += 1;
+                    self.changed.notify_all();
+                }
+                continue;
+            }
             g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner());
         }
         g.parked -= 1;
         self.changed.notify_all();
+        true
+    }
+
+    /// Has each of the `vcpus` parked vCPU threads run `errand` on its
+    /// own vCPU; returns when all have. The VM must be paused.
+    pub(crate) fn on_each_parked(&self, vcpus: usize, errand: Errand<T>) -> Result<(), PauseError> {
+        let start = Instant::now();
+        let mut g = crate::lock(&self.gate);
+        if g.ended {
+            return Err(PauseError::Ended);
+        }
+        if !g.paused || g.parked != vcpus {
+            return Err(PauseError::NotPaused);
+        }
+        g.errands += 1;
+        g.errand = Some((g.errands, errand));
+        g.done = 0;
+        self.changed.notify_all();
+        let result = loop {
+            if g.ended {
+                break Err(PauseError::Ended);
+            }
+            if g.done == vcpus {
+                break Ok(());
+            }
+            if !g.paused {
+                break Err(PauseError::NotPaused);
+            }
+            let waited = start.elapsed();
+            if waited >= ERRAND_LIMIT {
+                break Err(PauseError::NoAnswer {
+                    done: g.done,
+                    vcpus,
+                    waited,
+                });
+            }
+            g = self
+                .changed
+                .wait_timeout(g, ERRAND_LIMIT - waited)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        };
+        g.errand = None;
+        result
     }
 
     /// The VM ended: parked vCPUs go on (to see the end and stop), and
@@ -135,13 +228,13 @@ mod tests {
     use std::sync::Arc;
 
     /// Threads that count while not parked, as vCPU threads run the guest.
-    fn workers(gate: &Arc<PauseGate>, stop: &Arc<AtomicBool>, n: usize) -> Arc<AtomicU64> {
+    fn workers(gate: &Arc<PauseGate<()>>, stop: &Arc<AtomicBool>, n: usize) -> Arc<AtomicU64> {
         let count = Arc::new(AtomicU64::new(0));
         for _ in 0..n {
             let (gate, stop, count) = (gate.clone(), stop.clone(), count.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
-                    gate.park_if_paused();
+                    gate.park_if_paused(0, &());
                     count.fetch_add(1, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_micros(100));
                 }
@@ -152,7 +245,7 @@ mod tests {
 
     #[test]
     fn pause_parks_every_vcpu_and_resume_lets_them_go_on() {
-        let gate = Arc::new(PauseGate::default());
+        let gate = Arc::new(PauseGate::<()>::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let count = workers(&gate, &stop, 3);
         gate.pause(3, || {}).unwrap();
@@ -176,8 +269,51 @@ mod tests {
     }
 
     #[test]
+    fn errands_run_once_on_every_parked_vcpu_and_only_when_paused() {
+        let gate = Arc::new(PauseGate::<()>::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let _count = workers(&gate, &stop, 3);
+        let ran = Arc::new(AtomicU64::new(0));
+        let errand = |ran: &Arc<AtomicU64>| -> Errand<()> {
+            let ran = ran.clone();
+            Arc::new(move |_, _| {
+                ran.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        assert!(matches!(
+            gate.on_each_parked(3, errand(&ran)),
+            Err(PauseError::NotPaused)
+        ));
+        gate.pause(3, || {}).unwrap();
+        gate.on_each_parked(3, errand(&ran)).unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 3);
+        gate.on_each_parked(3, errand(&ran)).unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 6, "a second errand runs again");
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(ran.load(Ordering::SeqCst), 6, "and each only once");
+        gate.resume().unwrap();
+        stop.store(true, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn a_gate_made_paused_parks_its_vcpus_before_they_run() {
+        let gate = Arc::new(PauseGate::<()>::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = workers(&gate, &stop, 2);
+        gate.pause(2, || {}).unwrap();
+        assert_eq!(count.load(Ordering::SeqCst), 0);
+        gate.resume().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(count.load(Ordering::SeqCst) > 0);
+        stop.store(true, Ordering::SeqCst);
+    }
+
+    #[test]
     fn the_end_releases_parked_vcpus_and_refuses_pauses() {
-        let gate = Arc::new(PauseGate::default());
+        let gate = Arc::new(PauseGate::<()>::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let count = workers(&gate, &stop, 2);
         gate.pause(2, || {}).unwrap();
@@ -195,7 +331,7 @@ mod tests {
 
     #[test]
     fn a_vcpu_that_never_parks_leaves_the_vm_running_with_an_error() {
-        let gate = PauseGate::default();
+        let gate = PauseGate::<()>::new(false);
         let kicks = AtomicU64::new(0);
         let e = gate
             .pause(1, || {

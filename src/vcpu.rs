@@ -183,19 +183,27 @@ fn run_loop(
     // unwinding: the handler never writes to an unmapped kvm_run.
     let _target = KickTarget::set(run_ptr);
     let mut profile = GuestProfile::from_env(cpu, kick_signal());
+    // No exit waits for KVM_RUN to complete it (an I/O read's value, an
+    // MMIO read's): only then may the vCPU park, so that a paused vCPU's
+    // state (a snapshot's) is whole. A pause's kick sets immediate_exit,
+    // so the KVM_RUN after an exit completes it and returns at once.
+    let mut settled = true;
     while !exit.is_set() {
-        // A pause kicks this thread out of KVM_RUN (EINTR, below); it
-        // waits here, outside the guest, until resumed or the VM ends.
-        pause.park_if_paused();
-        if exit.is_set() {
-            break;
+        if settled && pause.park_if_paused(cpu, &vcpu) {
+            // Tells a guest with kvm-clock that it was stopped, so its
+            // watchdogs do not take the pause for a lockup. A guest that
+            // has no kvm-clock refuses it, harmlessly.
+            let _ = vcpu.kvmclock_ctrl();
+            continue;
         }
         let action = match vcpu.run() {
             Ok(e) => {
+                settled = false;
                 let width = pio_width(run_ptr);
                 handle_exit(e, buses, width)
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                settled = true;
                 vcpu.set_kvm_immediate_exit(0);
                 if let Some(p) = profile.as_mut() {
                     if let Ok(regs) = vcpu.get_regs() {

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use ember_devices::bus::{Bus, BusError};
 use ember_devices::virtio::block::{Block, BlockError};
 use ember_devices::virtio::mmio::{
-    MmioTransport, QueueServer, TransportError, QUEUE_NOTIFY_OFFSET,
+    MmioTransport, QueueServer, TransportError, TransportSnapshot, TransportStateError,
+    QUEUE_NOTIFY_OFFSET,
 };
 use ember_devices::virtio::net::Net;
 use ember_devices::virtio::tap::{Tap, TapError};
@@ -145,6 +146,12 @@ pub enum AttachError {
         #[source]
         source: TransportError,
     },
+    #[error("virtio device {index}: cannot restore its saved state")]
+    Restore {
+        index: usize,
+        #[source]
+        source: TransportStateError,
+    },
     #[error("virtio device {index}: cannot place its window on the MMIO bus")]
     Bus {
         index: usize,
@@ -223,8 +230,12 @@ impl MutEventSubscriber for QueueEvents {
     }
 }
 
-/// Attaches `device` in `slot`; returns its queue server (for the machine
-/// to flush when the VM ends).
+/// A transport on the bus, and its device's queue server (for the
+/// machine to flush when the VM ends).
+pub type Attached = (Arc<Mutex<MmioTransport>>, QueueServer);
+
+/// Attaches `device` in `slot`, in the state `saved` if it is restored
+/// from a snapshot.
 pub fn attach(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
@@ -232,7 +243,8 @@ pub fn attach(
     manager: &mut Manager,
     slot: Slot,
     device: Box<dyn VirtioDevice>,
-) -> Result<QueueServer, AttachError> {
+    saved: Option<&TransportSnapshot>,
+) -> Result<Attached, AttachError> {
     let Slot { index, base, irq } = slot;
     let kvm = |what| {
         move |source| AttachError::Kvm {
@@ -251,8 +263,13 @@ pub fn attach(
     let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(host("create its irqfd"))?;
     vm.register_irqfd(&irq_evt, irq)
         .map_err(kvm("register its irqfd"))?;
-    let transport = MmioTransport::new(device, mem.clone(), irq_evt)
+    let mut transport = MmioTransport::new(device, mem.clone(), irq_evt)
         .map_err(|source| AttachError::Transport { index, source })?;
+    if let Some(saved) = saved {
+        transport
+            .restore(saved)
+            .map_err(|source| AttachError::Restore { index, source })?;
+    }
     let mut events = Vec::new();
     for (q, e) in transport.queue_events().iter().enumerate() {
         vm.register_ioevent(
@@ -277,7 +294,7 @@ pub fn attach(
             watching_backend: false,
         },
     );
-    Ok(server)
+    Ok((transport, server))
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@ use crate::error::Error;
 use crate::exit::{ExitSignal, StopReason, VmExit};
 use crate::machine::Machine;
 use crate::pause::{PauseError, RunState};
+use crate::restore::RestoreConfig;
 use crate::signals::StopSignals;
+use crate::snapshot::{SnapshotError, SnapshotInfo};
 
 /// A running microVM.
 pub struct Vm {
@@ -31,7 +33,19 @@ impl Vm {
     pub fn start(config: &VmConfig) -> Result<Vm, Error> {
         // Bounds the VMs still closing on the reaper (src/reaper.rs).
         crate::reaper::before_start();
-        let mut machine = crate::builder::build(config)?;
+        Self::own(crate::builder::build(config)?)
+    }
+
+    /// Builds a VM from a snapshot's two files (see [`RestoreConfig`]); it
+    /// runs from where the snapshot was taken, or waits paused. Two VMs
+    /// restored from one snapshot are independent, but alike: the same
+    /// MACs (unless given others), the same guest RNG state.
+    pub fn restore(config: &RestoreConfig) -> Result<Vm, Error> {
+        crate::reaper::before_start();
+        Self::own(crate::restore::restore(config)?)
+    }
+
+    fn own(mut machine: Machine) -> Result<Vm, Error> {
         Ok(Self {
             exit: machine.exit().clone(),
             control: machine.control().clone(),
@@ -40,6 +54,17 @@ impl Vm {
             result: None,
             signals: None,
         })
+    }
+
+    /// Writes a full snapshot of the paused VM: its state to `state_path`
+    /// and its RAM to `mem_path`. Pause it first; it stays paused.
+    pub fn snapshot(
+        &self,
+        state_path: impl AsRef<std::path::Path>,
+        mem_path: impl AsRef<std::path::Path>,
+    ) -> Result<SnapshotInfo, SnapshotError> {
+        self.control
+            .snapshot(state_path.as_ref(), mem_path.as_ref())
     }
 
     /// The console handle (meaningful with `ConsoleMode::Scripted`).

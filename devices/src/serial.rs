@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use vm_superio::serial::SerialEvents;
+use vm_superio::serial::{SerialEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -59,18 +59,95 @@ pub struct SerialDevice<W: Write + Send> {
     bad_width_logged: bool,
 }
 
+/// The UART's registers and receive FIFO, as a snapshot keeps them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub divisor: [u8; 2],
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    /// Received bytes the guest has not read yet (at most the FIFO size).
+    pub rx_fifo: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SerialStateError {
+    #[error("the saved receive FIFO holds {0} bytes, more than the UART's FIFO")]
+    FifoTooLong(usize),
+    #[error("cannot raise the restored UART's pending interrupt")]
+    Interrupt(#[source] std::io::Error),
+}
+
 impl<W: Write + Send> SerialDevice<W> {
     /// `irq` is raised for guest interrupts; `rx_drained` is written each
     /// time the guest empties the receive FIFO.
     pub fn new(irq: EventFd, rx_drained: EventFd, out: W) -> Self {
-        let signals = Arc::new(SerialSignals {
-            rx_drained,
-            tx_lost: AtomicU64::new(0),
-        });
+        let signals = Self::signals(rx_drained);
         Self {
             uart: Serial::with_events(IrqLine::new(irq), signals.clone(), out),
             signals,
             bad_width_logged: false,
+        }
+    }
+
+    fn signals(rx_drained: EventFd) -> Arc<SerialSignals> {
+        Arc::new(SerialSignals {
+            rx_drained,
+            tx_lost: AtomicU64::new(0),
+        })
+    }
+
+    /// A UART in the state a snapshot saved (its pending interrupt, if
+    /// any, raised again).
+    pub fn from_snapshot(
+        irq: EventFd,
+        rx_drained: EventFd,
+        out: W,
+        saved: &SerialSnapshot,
+    ) -> Result<Self, SerialStateError> {
+        let signals = Self::signals(rx_drained);
+        let state = SerialState {
+            baud_divisor_low: saved.divisor[0],
+            baud_divisor_high: saved.divisor[1],
+            interrupt_enable: saved.interrupt_enable,
+            interrupt_identification: saved.interrupt_identification,
+            line_control: saved.line_control,
+            line_status: saved.line_status,
+            modem_control: saved.modem_control,
+            modem_status: saved.modem_status,
+            scratch: saved.scratch,
+            in_buffer: saved.rx_fifo.clone(),
+        };
+        let uart = Serial::from_state(&state, IrqLine::new(irq), signals.clone(), out).map_err(
+            |e| match e {
+                vm_superio::serial::Error::Trigger(e) => SerialStateError::Interrupt(e),
+                _ => SerialStateError::FifoTooLong(saved.rx_fifo.len()),
+            },
+        )?;
+        Ok(Self {
+            uart,
+            signals,
+            bad_width_logged: false,
+        })
+    }
+
+    /// The registers and FIFO, for a snapshot.
+    pub fn snapshot(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            divisor: [s.baud_divisor_low, s.baud_divisor_high],
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            rx_fifo: s.in_buffer,
         }
     }
 
@@ -163,6 +240,42 @@ mod tests {
         let mut b = [0u8];
         dev.read(offset, &mut b);
         b[0]
+    }
+
+    #[test]
+    fn registers_and_fifo_round_trip_through_a_snapshot() {
+        let (mut dev, _, _) = device(io::sink());
+        dev.write(LCR, &[0x83]); // DLAB on: the divisor registers
+        dev.write(DATA, &[0x0c]);
+        dev.write(IER, &[0x00]);
+        dev.write(LCR, &[0x03]);
+        dev.write(IER, &[1]);
+        dev.write(7, &[0x5a]); // scratch
+        assert_eq!(dev.push_input(b"xyz"), 3);
+        let saved = dev.snapshot();
+        assert_eq!(saved.divisor, [0x0c, 0]);
+        assert_eq!(saved.rx_fifo, b"xyz");
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let drained = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut back =
+            SerialDevice::from_snapshot(irq.try_clone().unwrap(), drained, io::sink(), &saved)
+                .unwrap();
+        assert_eq!(back.snapshot(), saved);
+        assert_eq!(
+            irq.read().unwrap(),
+            1,
+            "pending receive interrupt raised again"
+        );
+        assert_eq!(read(&mut back, 7), 0x5a);
+        assert_eq!(read(&mut back, DATA), b'x');
+        let mut too_long = saved.clone();
+        too_long.rx_fifo = vec![0; 65];
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let drained = EventFd::new(EFD_NONBLOCK).unwrap();
+        assert!(matches!(
+            SerialDevice::from_snapshot(irq, drained, io::sink(), &too_long),
+            Err(SerialStateError::FifoTooLong(65))
+        ));
     }
 
     #[test]

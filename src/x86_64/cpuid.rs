@@ -2,7 +2,7 @@
 //! the hypervisor bit, and on emulating hosts the KVM paravirtual features
 //! that hang there taken away (PLATFORM.md).
 
-use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE_PARAMS: u32 = 0x4;
@@ -79,6 +79,56 @@ pub fn for_vcpu(supported: &CpuId, cpu: u8, cpus: u8, emulated: bool) -> CpuId {
     table
 }
 
+/// Feature words a restored guest may rely on: (leaf, subleaf, register
+/// name, bits that are not features of the CPU but of its state or of
+/// Ember's topology, and so are not compared).
+const FEATURE_WORDS: [(u32, u32, &str, u32); 7] = [
+    // OSXSAVE mirrors CR4, HYPERVISOR is Ember's own.
+    (LEAF_FEATURES, 0, "ecx", (1 << 27) | ECX_HYPERVISOR),
+    (LEAF_FEATURES, 0, "edx", EDX_HTT),
+    (0x7, 0, "ebx", 0),
+    // OSPKE mirrors CR4.
+    (0x7, 0, "ecx", 1 << 4),
+    (0x7, 0, "edx", 0),
+    (0x8000_0001, 0, "ecx", 0),
+    (0x8000_0001, 0, "edx", 0),
+];
+
+fn register(e: &kvm_cpuid_entry2, name: &str) -> u32 {
+    match name {
+        "eax" => e.eax,
+        "ebx" => e.ebx,
+        "ecx" => e.ecx,
+        _ => e.edx,
+    }
+}
+
+fn find(table: &[kvm_cpuid_entry2], leaf: u32, subleaf: u32) -> Option<&kvm_cpuid_entry2> {
+    table.iter().find(|e| {
+        e.function == leaf && (e.index == subleaf || e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0)
+    })
+}
+
+/// The CPU features a saved vCPU had that this host's KVM cannot give:
+/// (leaf, register, missing bits), empty when the snapshot fits the host.
+pub fn missing_features(
+    saved: &[kvm_cpuid_entry2],
+    supported: &[kvm_cpuid_entry2],
+) -> Vec<(u32, &'static str, u32)> {
+    let mut missing = Vec::new();
+    for (leaf, subleaf, reg, ignored) in FEATURE_WORDS {
+        let Some(want) = find(saved, leaf, subleaf) else {
+            continue;
+        };
+        let have = find(supported, leaf, subleaf).map_or(0, |e| register(e, reg));
+        let lacking = register(want, reg) & !have & !ignored;
+        if lacking != 0 {
+            missing.push((leaf, reg, lacking));
+        }
+    }
+    missing
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +152,26 @@ mod tests {
             entry(LEAF_KVM_FEATURES, 0),
         ])
         .unwrap()
+    }
+
+    #[test]
+    fn features_the_host_lacks_are_named_and_state_bits_ignored() {
+        let mut host = entry(LEAF_FEATURES, 0);
+        host.ecx = 0b1011;
+        host.edx = 0;
+        let mut saved = host;
+        saved.ecx = 0b1111 | (1 << 27) | ECX_HYPERVISOR;
+        saved.edx = EDX_HTT;
+        assert_eq!(
+            missing_features(&[saved], &[host]),
+            vec![(LEAF_FEATURES, "ecx", 0b0100)]
+        );
+        saved.ecx = 0b1011;
+        assert!(missing_features(&[saved], &[host]).is_empty());
+        assert!(
+            missing_features(&[], &[host]).is_empty(),
+            "a leaf the vCPU did not have asks for nothing"
+        );
     }
 
     #[test]

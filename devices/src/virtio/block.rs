@@ -104,6 +104,11 @@ impl Block {
         })
     }
 
+    /// The disk's size as the guest sees it.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.capacity_bytes
+    }
+
     fn config_bytes(&self) -> [u8; 16] {
         let mut c = [0u8; 16];
         c[0..8].copy_from_slice(&(self.capacity_bytes / SECTOR_SIZE).to_le_bytes());
@@ -297,6 +302,13 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.state = State::Inactive;
+    }
+
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        match &self.state {
+            State::Active { queue, .. } => vec![queue.state()],
+            State::Inactive => Vec::new(),
+        }
     }
 
     /// fdatasync of the backing file, whatever the state (a write-back

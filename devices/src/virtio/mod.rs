@@ -149,6 +149,9 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// The driver reset the device: drop the queues, stop serving.
     fn reset(&mut self);
+    /// The queues as the device serves them (their ring positions), in
+    /// order; empty while the device is not active. For snapshots.
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState>;
     /// Queue `index` was notified: do a bounded amount of its work.
     fn process_queue(&mut self, index: usize);
     /// A host descriptor the device reads from (a TAP), if any.
@@ -223,6 +226,12 @@ impl Interrupt {
 
     pub fn status(&self) -> u32 {
         self.status.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Sets InterruptStatus without raising the line (a restored device:
+    /// the line's state is the irqchip's).
+    pub fn set_status(&self, bits: u32) {
+        self.status.store(bits, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn ack(&self, bits: u32) {

@@ -91,6 +91,11 @@ impl Net {
         }
     }
 
+    /// The MAC the guest reads from the config space.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
     pub fn counters(&self) -> NetCounters {
         self.counters
     }
@@ -376,6 +381,13 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.state = State::Inactive;
+    }
+
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        match &self.state {
+            State::Active { rx, tx, .. } => vec![rx.state(), tx.state()],
+            State::Inactive => Vec::new(),
+        }
     }
 
     fn process_queue(&mut self, index: usize) {
