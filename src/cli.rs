@@ -26,6 +26,76 @@ pub enum Command {
     Resume(ApiArgs),
     /// Stop a VM started with --api-sock (disks flushed; `ember run` exits 0).
     Stop(ApiArgs),
+    /// Write a full snapshot of a VM started with --api-sock: it is paused
+    /// for the snapshot and resumed after (unless --stop or already paused).
+    Snapshot(SnapshotArgs),
+    /// Start a VM from a snapshot's two files; it runs on from where the
+    /// snapshot was taken.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SnapshotArgs {
+    /// The VM's API socket, as given to `ember run --api-sock`.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: PathBuf,
+    /// Where the VM's state goes (created or replaced).
+    #[arg(value_name = "SNAPSHOT_PATH")]
+    pub snapshot: PathBuf,
+    /// Where the guest's RAM goes (created or replaced; sparse).
+    #[arg(value_name = "MEM_PATH")]
+    pub memory: PathBuf,
+    /// End the VM once the snapshot is written.
+    #[arg(long)]
+    pub stop: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// The state file `ember snapshot` wrote.
+    #[arg(value_name = "SNAPSHOT_PATH")]
+    pub snapshot: PathBuf,
+    /// Its memory file (mapped copy-on-write: it is never changed).
+    #[arg(value_name = "MEM_PATH")]
+    pub memory: PathBuf,
+    /// Disks in place of the snapshot's own, in order (as many, same
+    /// sizes), e.g. --disk copy.ext4. Default: the snapshot's.
+    #[arg(long, value_name = "PATH[,ro]")]
+    pub disk: Vec<String>,
+    /// Interfaces in place of the snapshot's own, in order, e.g.
+    /// --net tap=tap1 (the guest keeps its MAC unless mac= is given).
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    pub net: Vec<String>,
+    /// Leave the guest paused until `ember resume` (needs --api-sock).
+    #[arg(long, requires = "api_sock")]
+    pub paused: bool,
+    /// Serve the control API on a Unix socket created here.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+}
+
+impl RestoreArgs {
+    pub fn to_config(&self) -> Result<crate::RestoreConfig, CliError> {
+        let mut config = crate::RestoreConfig::new(&self.snapshot, &self.memory);
+        if !self.disk.is_empty() {
+            config.disks = Some(
+                self.disk
+                    .iter()
+                    .map(|d| crate::config::DiskConfig::parse(d))
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
+        }
+        if !self.net.is_empty() {
+            config.nets = Some(
+                self.net
+                    .iter()
+                    .map(|n| crate::config::NetConfig::parse(n))
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
+        }
+        config.resume = !self.paused;
+        Ok(config)
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -161,6 +231,30 @@ mod tests {
             args(&["--api-sock", "/tmp/a"]).api_sock.as_deref(),
             Some(Path::new("/tmp/a"))
         );
+    }
+
+    #[test]
+    fn restore_flags_become_a_restore_config() {
+        let c = Cli::try_parse_from([
+            "ember", "restore", "s", "m", "--disk", "d.img,ro", "--net", "tap=t1",
+        ])
+        .unwrap();
+        let Command::Restore(a) = c.command else {
+            panic!("not a restore")
+        };
+        let r = a.to_config().unwrap();
+        assert_eq!(
+            (r.snapshot.as_path(), r.memory.as_path()),
+            (Path::new("s"), Path::new("m"))
+        );
+        assert!(r.disks.unwrap()[0].read_only);
+        assert_eq!(r.nets.unwrap()[0].tap, "t1");
+        assert!(r.resume);
+        assert!(
+            Cli::try_parse_from(["ember", "restore", "s", "m", "--paused"]).is_err(),
+            "--paused without a socket could never be resumed"
+        );
+        assert!(Cli::try_parse_from(["ember", "snapshot", "--api-sock", "a", "s"]).is_err());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! `ember run`: parse flags → VmConfig → Vm::start → wait → exit code.
 
+use std::path::Path;
+
 use clap::Parser;
 use ember::cli::{kit_dir, Cli, Command};
 use ember::{StopReason, StopSignals, Vm, VmExit};
@@ -21,17 +23,27 @@ fn main() {
 }
 
 fn run(cli: Cli) -> u8 {
-    let args = match cli.command {
-        Command::Run(args) => args,
-        Command::Pause(a) => return api_call(&a, "PATCH", "/vm", r#"{"state":"Paused"}"#),
-        Command::Resume(a) => return api_call(&a, "PATCH", "/vm", r#"{"state":"Resumed"}"#),
-        Command::Stop(a) => return api_call(&a, "PUT", "/actions", r#"{"action_type":"Stop"}"#),
-    };
+    match cli.command {
+        Command::Run(args) => match args.to_config(&kit_dir()) {
+            Ok(config) => serve(|| Vm::start(&config), args.api_sock.as_deref()),
+            Err(e) => fail(2, &e),
+        },
+        Command::Restore(args) => match args.to_config() {
+            Ok(config) => serve(|| Vm::restore(&config), args.api_sock.as_deref()),
+            Err(e) => fail(2, &e),
+        },
+        Command::Pause(a) => api_call(&a.api_sock, "PATCH", "/vm", r#"{"state":"Paused"}"#),
+        Command::Resume(a) => api_call(&a.api_sock, "PATCH", "/vm", r#"{"state":"Resumed"}"#),
+        Command::Stop(a) => api_call(&a.api_sock, "PUT", "/actions", STOP),
+        Command::Snapshot(a) => snapshot(&a),
+    }
+}
 
-    let config = match args.to_config(&kit_dir()) {
-        Ok(c) => c,
-        Err(e) => return fail(2, &e),
-    };
+const STOP: &str = r#"{"action_type":"Stop"}"#;
+
+/// Starts a VM with `start`, serves its API on `api_sock` if given, and
+/// waits for its end; returns the exit code.
+fn serve(start: impl FnOnce() -> Result<Vm, ember::Error>, api_sock: Option<&Path>) -> u8 {
     // Before the start: a signal during it stops the VM once it runs.
     let signals = match StopSignals::install() {
         Ok(s) => s,
@@ -50,12 +62,12 @@ fn run(cli: Cli) -> u8 {
     // as soon as the disks are flushed and the terminal restored.
     ember::reaper::hold_until_exit();
     // Bound before the start: a bad path fails here, not with a VM running.
-    let api_socket = match args.api_sock.as_deref().map(ember::api::ApiSocket::bind) {
+    let api_socket = match api_sock.map(ember::api::ApiSocket::bind) {
         None => None,
         Some(Ok(s)) => Some(s),
         Some(Err(e)) => return fail(2, &e),
     };
-    let mut vm = match Vm::start(&config) {
+    let mut vm = match start() {
         Ok(vm) => vm,
         Err(e) => return fail(if e.is_usage() { 2 } else { 1 }, &e),
     };
@@ -77,8 +89,8 @@ fn run(cli: Cli) -> u8 {
 
 /// `ember pause|resume|stop`: one API request; 0 on success, 1 with the
 /// API's message otherwise.
-fn api_call(args: &ember::cli::ApiArgs, method: &str, uri: &str, body: &str) -> u8 {
-    match ember::api::client::request(&args.api_sock, method, uri, Some(body)) {
+fn api_call(sock: &Path, method: &str, uri: &str, body: &str) -> u8 {
+    match ember::api::client::request(sock, method, uri, Some(body)) {
         Ok(r) if (200..300).contains(&r.status) => 0,
         Ok(r) => {
             eprintln!("ember: {}", r.message());
@@ -86,6 +98,40 @@ fn api_call(args: &ember::cli::ApiArgs, method: &str, uri: &str, body: &str) -> 
         }
         Err(e) => fail(1, &e),
     }
+}
+
+/// `ember snapshot`: pause (if running), create, then resume or stop.
+fn snapshot(a: &ember::cli::SnapshotArgs) -> u8 {
+    let sock = a.api_sock.as_path();
+    let info = match ember::api::client::request(sock, "GET", "/", None) {
+        Ok(r) => r,
+        Err(e) => return fail(1, &e),
+    };
+    let state = serde_json::from_str::<serde_json::Value>(&info.body)
+        .ok()
+        .and_then(|v| v["state"].as_str().map(str::to_string));
+    let was_running = state.as_deref() == Some("Running");
+    if was_running {
+        let code = api_call(sock, "PATCH", "/vm", r#"{"state":"Paused"}"#);
+        if code != 0 {
+            return code;
+        }
+    }
+    // The VM's process may have another working directory.
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let body = serde_json::json!({
+        "snapshot_type": "Full",
+        "snapshot_path": absolute(&a.snapshot),
+        "mem_file_path": absolute(&a.memory),
+    })
+    .to_string();
+    let created = api_call(sock, "PUT", "/snapshot/create", &body);
+    let after = match (a.stop, was_running) {
+        (true, _) => api_call(sock, "PUT", "/actions", STOP),
+        (false, true) => api_call(sock, "PATCH", "/vm", r#"{"state":"Resumed"}"#),
+        (false, false) => 0,
+    };
+    created.max(after)
 }
 
 /// 0 clean poweroff/reboot or console quit · 1 host failure · 3 guest crash ·

@@ -191,3 +191,140 @@ fn an_existing_file_at_the_socket_path_is_a_usage_error_naming_it() {
         "the file is untouched"
     );
 }
+
+/// The "n=" counts a counter guest printed into `out`.
+fn printed_counts(out: &Path) -> Vec<u64> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| u64::from_str_radix(l.strip_prefix("n=")?.get(..16)?, 16).ok())
+        .collect()
+}
+
+fn wait_counts(out: &Path, n: usize) -> Vec<u64> {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let c = printed_counts(out);
+        if c.len() >= n {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "{} counts in {LIMIT:?}", c.len());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn spawn_ember(args: &[&std::ffi::OsStr], out: &Path) -> Child {
+    Command::new(ember_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(out).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_socket(sock: &Path) {
+    let deadline = Instant::now() + LIMIT;
+    while UnixStream::connect(sock).is_err() {
+        assert!(Instant::now() < deadline, "no API socket at {sock:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn exit_of(child: Child) -> (Option<i32>, String) {
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), text(&out.stderr))
+}
+
+#[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
+fn ember_snapshot_and_ember_restore_from_the_command_line() {
+    require_kvm();
+    let dir = scratch("api_snapshot");
+    let elf = tiny_guest("api_snapshot_guest", "counter.S");
+    let sock = dir.join("api.sock");
+    let out = dir.join("out");
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let run = spawn_ember(
+        &[
+            &os("run"),
+            &os("--memory"),
+            &os("32M"),
+            &os("--kernel"),
+            elf.as_os_str(),
+            &os("--api-sock"),
+            sock.as_os_str(),
+        ],
+        &out,
+    );
+    wait_socket(&sock);
+    wait_counts(&out, 2);
+    // Relative paths are the client's: `ember snapshot` makes them absolute.
+    let snap = Command::new(ember_bin())
+        .current_dir(&dir)
+        .args(["snapshot", "--api-sock"])
+        .arg(&sock)
+        .args(["state", "mem"])
+        .output()
+        .unwrap();
+    assert!(snap.status.success(), "{}", text(&snap.stderr));
+    assert_eq!(state(&sock), "Running", "resumed after the snapshot");
+    let r = request(
+        &sock,
+        "PUT",
+        "/snapshot/create",
+        Some(r#"{"snapshot_path":"/x","mem_file_path":"/y"}"#),
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.message().contains("pause it first"), "{}", r.message());
+    let stop = ember(&["stop", "--api-sock", sock.to_str().unwrap()]);
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
+    assert_eq!(exit_of(run).0, Some(0));
+    let before = printed_counts(&out);
+
+    let sock2 = dir.join("restored.sock");
+    let out2 = dir.join("out2");
+    let restored = spawn_ember(
+        &[
+            &os("restore"),
+            dir.join("state").as_os_str(),
+            dir.join("mem").as_os_str(),
+            &os("--paused"),
+            &os("--api-sock"),
+            sock2.as_os_str(),
+        ],
+        &out2,
+    );
+    wait_socket(&sock2);
+    assert_eq!(state(&sock2), "Paused");
+    let resume = ember(&["resume", "--api-sock", sock2.to_str().unwrap()]);
+    assert!(resume.status.success(), "{}", text(&resume.stderr));
+    let after = wait_counts(&out2, 1);
+    // The snapshot was taken after the last count printed before it (the
+    // guest printed on after being resumed): the restored guest goes on
+    // from a count the first run had passed, not from zero.
+    assert!(
+        after[0] > before[1] && after[0] <= *before.last().unwrap() + 0x400,
+        "restored at {:#x}; the first run printed {before:x?}",
+        after[0]
+    );
+    assert!(!std::fs::read_to_string(&out2).unwrap().contains("ready"));
+    let stop = ember(&["stop", "--api-sock", sock2.to_str().unwrap()]);
+    assert!(stop.status.success());
+    assert_eq!(exit_of(restored).0, Some(0));
+
+    // A damaged snapshot: exit 2, the file named.
+    std::fs::write(dir.join("state"), b"EMBERSNP\x01").unwrap();
+    let bad = ember(&[
+        "restore",
+        dir.join("state").to_str().unwrap(),
+        dir.join("mem").to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    let msg = text(&bad.stderr);
+    assert!(
+        msg.contains("state: truncated or damaged snapshot header"),
+        "{msg}"
+    );
+}

@@ -1,6 +1,10 @@
-//! virtio-blk with a real Linux guest (tier 3): one boot, two disks. The
-//! guest mounts an ext4 image made here, checks a known file, writes a new
-//! one and syncs; a read-only disk refuses writes. After poweroff the host
+//! virtio-blk and snapshots with a real Linux guest (tier 3): one boot,
+//! two disks. The guest mounts an ext4 image made here, checks a known
+//! file, writes a new one and syncs; a read-only disk refuses writes. Then,
+//! with the disk mounted again, a file in tmpfs and a counter running in
+//! the background, the VM is snapshotted and stopped, and restored three
+//! times (each on its own copy of the disk): every restore answers at its
+//! shell, sees the file, counts on and uses the mounted disk. The host
 //! finds the new file in the image and the read-only image unchanged.
 
 mod common;
@@ -10,7 +14,7 @@ use std::process::Command;
 
 use common::kit::*;
 use common::{require_kvm, scratch};
-use ember::{DiskConfig, VmExit};
+use ember::{ConsoleMode, DiskConfig, RestoreConfig, StopReason, Vm, VmExit};
 
 fn tool(cmd: &mut Command) -> String {
     let out = cmd
@@ -72,7 +76,7 @@ fn guest_uses_an_ext4_disk_and_a_read_only_disk() {
             read_only: true,
         },
     ];
-    let (mut vm, console, _slot) = boot_with(1, 256 << 20, "console=ttyS0", disks);
+    let (mut vm, console, slot) = boot_with(1, 256 << 20, "console=ttyS0", disks);
     wait_boot(&console, PROMPT);
 
     assert_eq!(
@@ -90,9 +94,68 @@ fn guest_uses_an_ext4_disk_and_a_read_only_disk() {
         "dd if=/dev/zero of=/dev/vdb count=1 2>&1; echo rc=$?",
     );
     assert!(dd.ends_with("rc=1"), "{dd}");
-    console.send_line("poweroff").unwrap();
-    assert_eq!(vm.wait(), VmExit::Poweroff, "{}", console.transcript());
 
+    run(&console, "mount /dev/vda /mnt");
+    run(&console, "echo made-before-the-snapshot > /tmp/note");
+    run(
+        &console,
+        "(i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done) &",
+    );
+    run(&console, "sleep 0.5");
+    let counted: u64 = run(&console, "cat /tmp/count").parse().unwrap();
+    vm.pause().unwrap();
+    let (state, mem) = (dir.join("state"), dir.join("mem"));
+    let info = vm.snapshot(&state, &mem).unwrap();
+    eprintln!("snapshot of the kit: {info:?}");
+    // Each clone gets the disk as it was at the snapshot: two VMs must
+    // never write one ext4 image.
+    let clones: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let c = dir.join(format!("clone{i}.ext4"));
+            std::fs::copy(&rw, &c).unwrap();
+            c
+        })
+        .collect();
+    assert_eq!(vm.stop(), VmExit::Stopped(StopReason::Requested));
+    // Checks the boot's transcript for crash lines, frees the boot slot.
+    drop(slot);
+
+    for (i, clone) in clones.iter().enumerate() {
+        let mut config = RestoreConfig::new(&state, &mem);
+        config.console = ConsoleMode::Scripted {
+            echo: std::env::var_os("EMBER_TEST_ECHO").is_some(),
+        };
+        config.disks = Some(vec![
+            DiskConfig {
+                path: clone.clone(),
+                read_only: false,
+            },
+            DiskConfig {
+                path: ro.clone(),
+                read_only: true,
+            },
+        ]);
+        let mut restored = Vm::restore(&config).unwrap();
+        let c = restored.console();
+        assert_eq!(run(&c, "cat /tmp/note"), "made-before-the-snapshot");
+        let first: u64 = run(&c, "cat /tmp/count").parse().unwrap();
+        assert!(first >= counted, "clone {i}: count {first} < {counted}");
+        run(&c, "sleep 0.5");
+        let later: u64 = run(&c, "cat /tmp/count").parse().unwrap();
+        assert!(later > first, "clone {i}: the counter stopped at {first}");
+        let sum = run(&c, "md5sum /mnt/known.bin");
+        assert_eq!(sum.split_whitespace().next().unwrap(), md5(&known));
+        let wrote = run(
+            &c,
+            &format!("echo clone{i} > /mnt/clone.txt && sync && cat /mnt/clone.txt"),
+        );
+        assert_eq!(wrote, format!("clone{i}"));
+        let transcript = c.transcript();
+        let crashes = crash_lines(&transcript);
+        assert!(crashes.is_empty(), "clone {i}:\n{}", crashes.join("\n"));
+        c.send_line("poweroff").unwrap();
+        assert_eq!(restored.wait(), VmExit::Poweroff, "{}", c.transcript());
+    }
     let new = tool(
         Command::new("debugfs")
             .arg("-R")
