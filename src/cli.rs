@@ -12,8 +12,14 @@ pub struct Cli {
     /// Log what Ember does (the final kernel command line, devices); RUST_LOG works too.
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// With no command: serve Firecracker's pre-boot API here (PUT
+    /// /boot-source, /machine-config, /drives/ID, /network-interfaces/ID,
+    /// then /actions InstanceStart, or /snapshot/load), e.g.
+    /// `ember --api-sock /tmp/ember.sock`.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,7 +223,7 @@ mod tests {
         let mut full = vec!["ember", "run"];
         full.extend(argv);
         match Cli::try_parse_from(full).unwrap().command {
-            Command::Run(a) => a,
+            Some(Command::Run(a)) => a,
             other => panic!("not a run: {other:?}"),
         }
     }
@@ -225,7 +231,9 @@ mod tests {
     #[test]
     fn api_commands_need_the_socket() {
         let c = Cli::try_parse_from(["ember", "pause", "--api-sock", "/tmp/s"]).unwrap();
-        assert!(matches!(c.command, Command::Pause(a) if a.api_sock == Path::new("/tmp/s")));
+        assert!(matches!(c.command, Some(Command::Pause(a)) if a.api_sock == Path::new("/tmp/s")));
+        let c = Cli::try_parse_from(["ember", "--api-sock", "/tmp/p"]).unwrap();
+        assert!(c.command.is_none() && c.api_sock.as_deref() == Some(Path::new("/tmp/p")));
         assert!(Cli::try_parse_from(["ember", "stop"]).is_err());
         assert_eq!(
             args(&["--api-sock", "/tmp/a"]).api_sock.as_deref(),
@@ -239,7 +247,7 @@ mod tests {
             "ember", "restore", "s", "m", "--disk", "d.img,ro", "--net", "tap=t1",
         ])
         .unwrap();
-        let Command::Restore(a) = c.command else {
+        let Some(Command::Restore(a)) = c.command else {
             panic!("not a restore")
         };
         let r = a.to_config().unwrap();

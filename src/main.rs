@@ -23,7 +23,22 @@ fn main() {
 }
 
 fn run(cli: Cli) -> u8 {
-    match cli.command {
+    let command = match (cli.command, cli.api_sock) {
+        (Some(c), None) => c,
+        (None, Some(sock)) => return preboot(&sock),
+        (Some(_), Some(_)) => {
+            eprintln!(
+                "ember: --api-sock before a command serves the pre-boot API; \
+                 give it after the command (e.g. `ember run --api-sock PATH`)"
+            );
+            return 2;
+        }
+        (None, None) => {
+            eprintln!("ember: give a command (ember run, ember restore, ...) or --api-sock PATH; see ember --help");
+            return 2;
+        }
+    };
+    match command {
         Command::Run(args) => match args.to_config(&kit_dir()) {
             Ok(config) => serve(|| Vm::start(&config), args.api_sock.as_deref()),
             Err(e) => fail(2, &e),
@@ -40,6 +55,75 @@ fn run(cli: Cli) -> u8 {
 }
 
 const STOP: &str = r#"{"action_type":"Stop"}"#;
+
+/// `ember --api-sock PATH`: Firecracker's pre-boot API; the VM it
+/// configures (or the snapshot it loads) is started here, on the main
+/// thread, which then waits on it as `ember run` does.
+fn preboot(sock: &Path) -> u8 {
+    use ember::api::preboot::Launch;
+    use std::sync::mpsc::RecvTimeoutError;
+    let signals = match StopSignals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            return fail(
+                1,
+                &ember::Error::Host {
+                    what: "install signal handlers",
+                    source: e,
+                },
+            )
+        }
+    };
+    ember::reaper::hold_until_exit();
+    let socket = match ember::api::ApiSocket::bind(sock) {
+        Ok(s) => s,
+        Err(e) => return fail(2, &e),
+    };
+    let (server, requests) = match socket.serve_preboot(format!("ember-{}", std::process::id())) {
+        Ok(s) => s,
+        Err(e) => return fail(1, &e),
+    };
+    loop {
+        if let Some(n) = signals.take() {
+            drop(server);
+            return 128u8.saturating_add(n as u8);
+        }
+        let request = match requests.recv_timeout(std::time::Duration::from_millis(10)) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return 1,
+        };
+        let started = match request.launch {
+            Launch::Boot(config) => Vm::start(&config),
+            Launch::Restore(config) => Vm::restore(&config),
+        };
+        match started {
+            Ok(mut vm) => {
+                let _ = request.reply.send(Ok(vm.control()));
+                vm.stop_on(signals);
+                let exit = vm.wait();
+                drop(vm);
+                drop(server);
+                return exit_code(&exit);
+            }
+            Err(e) => {
+                log::warn!("API start failed: {}", chain(&e));
+                let _ = request.reply.send(Err(chain(&e)));
+            }
+        }
+    }
+}
+
+/// An error and its sources, one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    msg
+}
 
 /// Starts a VM with `start`, serves its API on `api_sock` if given, and
 /// waits for its end; returns the exit code.
@@ -159,12 +243,6 @@ fn fail(code: u8, e: &dyn std::error::Error) -> u8 {
     log::logger().flush();
     ember::terminal::restore_terminal();
     // Each message says what failed; its source says why.
-    let mut msg = format!("ember: {e}");
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    eprintln!("{msg}");
+    eprintln!("ember: {}", chain(e));
     code
 }

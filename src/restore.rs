@@ -150,12 +150,12 @@ pub(crate) fn restore(config: &RestoreConfig) -> Result<Machine, Error> {
         serial: &snap.serial,
         virtio: &snap.virtio,
     };
-    builder::assemble(parts, Some(saved), |kvm, vm| {
+    let cpus = snap.machine.cpus;
+    let machine = builder::assemble(parts, Some(saved), |kvm, vm| {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(Error::kvm("read the supported CPUID"))?;
         let mut fds = Vec::with_capacity(snap.vcpus.len());
-        let cpus = snap.machine.cpus;
         let emulating = Host::detect().is_emulating();
         for (cpu, state) in snap.vcpus.iter().enumerate() {
             let fd = vm
@@ -187,7 +187,14 @@ pub(crate) fn restore(config: &RestoreConfig) -> Result<Machine, Error> {
             fds.push(fd);
         }
         Ok(fds)
-    })
+    })?;
+    // bench/snapshot.py times a restore up to this line.
+    log::info!(
+        "restored {}: {cpus} vCPU threads started ({})",
+        path.display(),
+        if config.resume { "running" } else { "paused" }
+    );
+    Ok(machine)
 }
 
 /// The machine a snapshot describes must be one Ember could have run, and

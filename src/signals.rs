@@ -66,12 +66,13 @@ impl StopSignals {
         Ok(guard)
     }
 
-    pub(crate) fn fd(&self) -> RawFd {
+    /// Readable once a stop signal has arrived (for poll).
+    pub fn fd(&self) -> RawFd {
         EVT_FD.load(Ordering::SeqCst)
     }
 
     /// The signal that arrived, if one did since the last call.
-    pub(crate) fn take(&self) -> Option<i32> {
+    pub fn take(&self) -> Option<i32> {
         EVT.get()?.read().ok()?;
         Some(LAST_SIGNAL.load(Ordering::SeqCst)).filter(|&n| n != 0)
     }

@@ -328,3 +328,90 @@ fn ember_snapshot_and_ember_restore_from_the_command_line() {
         "{msg}"
     );
 }
+
+fn put_ok(sock: &Path, uri: &str, body: &str) {
+    let r = request(sock, "PUT", uri, Some(body)).unwrap();
+    assert_eq!(r.status, 204, "PUT {uri} {body}: {}", r.body);
+}
+
+#[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
+fn the_pre_boot_api_starts_a_vm_and_loads_a_snapshot() {
+    require_kvm();
+    let dir = scratch("api_preboot");
+    let elf = tiny_guest("api_preboot_guest", "counter.S");
+    let sock = dir.join("api.sock");
+    let out = dir.join("out");
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let vmm = spawn_ember(&[&os("--api-sock"), sock.as_os_str()], &out);
+    wait_socket(&sock);
+    assert_eq!(state(&sock), "Not started");
+    let boot = serde_json::json!({ "kernel_image_path": elf, "boot_args": "console=ttyS0" });
+    put_ok(&sock, "/boot-source", &boot.to_string());
+    put_ok(
+        &sock,
+        "/machine-config",
+        r#"{"vcpu_count":2,"mem_size_mib":32}"#,
+    );
+    // A bad start is a 400 that names the problem; the VMM waits on.
+    let bad = serde_json::json!({ "kernel_image_path": dir.join("none") });
+    put_ok(&sock, "/boot-source", &bad.to_string());
+    let r = request(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.message().contains("none"), "{}", r.message());
+    put_ok(&sock, "/boot-source", &boot.to_string());
+    put_ok(&sock, "/actions", r#"{"action_type":"InstanceStart"}"#);
+    assert_eq!(state(&sock), "Running");
+    wait_counts(&out, 2);
+    let r = request(&sock, "GET", "/machine-config", None).unwrap();
+    assert!(
+        r.body.contains(r#""vcpu_count":2,"mem_size_mib":32"#),
+        "{}",
+        r.body
+    );
+    let again = request(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+    )
+    .unwrap();
+    assert_eq!(again.status, 400, "started twice: {}", again.body);
+    request(&sock, "PATCH", "/vm", Some(r#"{"state":"Paused"}"#)).unwrap();
+    let create = serde_json::json!({
+        "snapshot_type": "Full",
+        "snapshot_path": dir.join("state"),
+        "mem_file_path": dir.join("mem"),
+    });
+    put_ok(&sock, "/snapshot/create", &create.to_string());
+    let last = *printed_counts(&out).last().unwrap();
+    put_ok(&sock, "/actions", STOP_BODY);
+    assert_eq!(exit_of(vmm).0, Some(0));
+
+    let sock2 = dir.join("load.sock");
+    let out2 = dir.join("out2");
+    let vmm = spawn_ember(&[&os("--api-sock"), sock2.as_os_str()], &out2);
+    wait_socket(&sock2);
+    let load = serde_json::json!({
+        "snapshot_path": dir.join("state"),
+        "mem_backend": { "backend_type": "File", "backend_path": dir.join("mem") },
+        "resume_vm": true,
+    });
+    put_ok(&sock2, "/snapshot/load", &load.to_string());
+    assert_eq!(state(&sock2), "Running");
+    assert_eq!(
+        wait_counts(&out2, 1)[0],
+        last + 0x400,
+        "on from the snapshot"
+    );
+    put_ok(&sock2, "/actions", STOP_BODY);
+    assert_eq!(exit_of(vmm).0, Some(0));
+}
+
+const STOP_BODY: &str = r#"{"action_type":"Stop"}"#;

@@ -5,6 +5,7 @@
 //! endpoints, server.rs for the limits; client.rs is the CLI's side.
 
 pub mod client;
+pub mod preboot;
 mod routes;
 mod server;
 
@@ -79,6 +80,20 @@ impl ApiSocket {
 
     /// Serves the VM behind `vm` until the returned server is dropped.
     pub fn serve(self, vm: VmControl, id: String) -> Result<ApiServer, ApiError> {
+        self.serve_with(Box::new(routes::Running { vm, id }))
+    }
+
+    /// Serves the pre-boot API; the VM it configures is started by
+    /// whoever takes the requests from the returned receiver.
+    pub fn serve_preboot(
+        self,
+        id: String,
+    ) -> Result<(ApiServer, std::sync::mpsc::Receiver<preboot::LaunchRequest>), ApiError> {
+        let (handler, requests) = preboot::PreBoot::new(id);
+        Ok((self.serve_with(Box::new(handler))?, requests))
+    }
+
+    fn serve_with(self, handler: Box<dyn server::Handler>) -> Result<ApiServer, ApiError> {
         let stop = EventFd::new(EFD_NONBLOCK).map_err(ApiError::Thread)?;
         let stop_fd = stop.as_raw_fd();
         let listener = self.listener.try_clone().map_err(|source| ApiError::Bind {
@@ -89,7 +104,7 @@ impl ApiSocket {
             .name("ember-api".into())
             .spawn(move || {
                 crate::signals::block_stop_signals_here();
-                server::serve(listener, stop_fd, vm, id)
+                server::serve(listener, stop_fd, handler)
             })
             .map_err(ApiError::Thread)?;
         Ok(ApiServer {

@@ -16,14 +16,14 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn json(status: u16, value: &impl Serialize) -> Self {
+    pub(crate) fn json(status: u16, value: &impl Serialize) -> Self {
         Self {
             status,
             body: serde_json::to_string(value).unwrap_or_default(),
         }
     }
 
-    fn no_content() -> Self {
+    pub(crate) fn no_content() -> Self {
         Self {
             status: 204,
             body: String::new(),
@@ -107,6 +107,18 @@ enum ActionType {
     InstanceStart,
     /// Ember's own: end the VM now (as SIGTERM does; disks flushed).
     Stop,
+}
+
+/// The running VM's endpoints, for the server.
+pub struct Running {
+    pub vm: VmControl,
+    pub id: String,
+}
+
+impl super::server::Handler for Running {
+    fn handle(&mut self, method: &str, path: &str, body: &[u8]) -> Reply {
+        route(&self.vm, &self.id, method, path, body)
+    }
 }
 
 /// Serves `method path` with `body` against the VM behind `vm`, whose
@@ -206,7 +218,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The JSON body as `T`, or a 400 that says what is wrong with it.
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Reply> {
+pub(crate) fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Reply> {
     serde_json::from_slice(body).map_err(|e| Reply::fault(format!("bad request body: {e}")))
 }
 

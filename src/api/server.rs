@@ -13,8 +13,13 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
-use super::routes::{route, Reply};
-use crate::control::VmControl;
+use super::routes::Reply;
+
+/// What answers the requests: the running VM's endpoints, or the
+/// pre-boot ones (preboot.rs).
+pub trait Handler: Send {
+    fn handle(&mut self, method: &str, path: &str, body: &[u8]) -> Reply;
+}
 
 /// Largest request (head and body) one connection may send.
 pub const MAX_REQUEST: usize = 64 << 10;
@@ -113,7 +118,7 @@ fn response_bytes(r: &Reply) -> Vec<u8> {
 
 impl Conn {
     /// Answers the first whole request in the inbox, if there is one.
-    fn serve_one(&mut self, vm: &VmControl, id: &str) {
+    fn serve_one(&mut self, handler: &mut dyn Handler) {
         if self.close_after_write || !self.outbox.is_empty() {
             return;
         }
@@ -126,7 +131,7 @@ impl Conn {
             Parsed::Bad(why) => self.fail(why),
             Parsed::Request(method, path, body, used, keep_alive) => {
                 self.inbox.drain(..used);
-                let reply = route(vm, id, &method, &path, &body);
+                let reply = handler.handle(&method, &path, &body);
                 log::info!("API {method} {path}: {}", reply.status);
                 self.outbox.extend(response_bytes(&reply));
                 self.close_after_write = !keep_alive;
@@ -192,7 +197,7 @@ impl Conn {
 }
 
 /// Serves `listener` until `stop` (an eventfd) is readable.
-pub fn serve(listener: UnixListener, stop: RawFd, vm: VmControl, id: String) {
+pub fn serve(listener: UnixListener, stop: RawFd, mut handler: Box<dyn Handler>) {
     if let Err(e) = listener.set_nonblocking(true) {
         log::warn!("API socket: cannot make it non-blocking ({e}); API off");
         return;
@@ -246,14 +251,14 @@ pub fn serve(listener: UnixListener, stop: RawFd, vm: VmControl, id: String) {
                     ReadOutcome::Open => {}
                     ReadOutcome::Eof => {
                         // Half-closed: what it sent is still answered.
-                        c.serve_one(&vm, &id);
+                        c.serve_one(handler.as_mut());
                         c.close_after_write = true;
                     }
                     ReadOutcome::Failed => alive = false,
                 }
             }
             if alive {
-                c.serve_one(&vm, &id);
+                c.serve_one(handler.as_mut());
                 if c.outbox.is_empty() && c.close_after_write {
                     alive = false;
                 }
