@@ -1,6 +1,8 @@
 //! Guest RAM as a snapshot keeps it: one file, the RAM ranges back to
 //! back, holes where a 64 KiB block is all zeros (so a file is as large as
-//! the memory the guest touched). Restored by mapping the file privately:
+//! the memory the guest touched). Blocks of anonymous RAM that this
+//! process never touched (no page present or swapped, says
+//! /proc/self/pagemap) are holes without being read. Restored by mapping the file privately:
 //! pages are read on first touch, written copy-on-write, and the file is
 //! never changed; many VMs restored from one file share its page cache.
 
@@ -39,6 +41,39 @@ pub enum MemoryFileError {
 
 /// Blocks compared against zero (and left as holes) at a time.
 const BLOCK: usize = 64 << 10;
+const HOST_PAGE: usize = 4096;
+/// pagemap entry bits: the page is present in RAM, or in swap.
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAPPED: u64 = 1 << 62;
+
+/// /proc/self/pagemap, to skip what was never touched.
+struct Touched(File);
+
+impl Touched {
+    fn open() -> Option<Self> {
+        File::open("/proc/self/pagemap").ok().map(Self)
+    }
+
+    /// Whether any page of the `len` bytes at host address `addr` is
+    /// present or swapped; true when pagemap cannot say.
+    fn any(&self, addr: usize, len: usize) -> bool {
+        let first = addr / HOST_PAGE;
+        let pages = len.div_ceil(HOST_PAGE);
+        let mut entries = vec![0u8; pages * 8];
+        if self
+            .0
+            .read_exact_at(&mut entries, (first * 8) as u64)
+            .is_err()
+        {
+            return true;
+        }
+        entries.chunks_exact(8).any(|e| {
+            <[u8; 8]>::try_from(e).map_or(true, |e| {
+                u64::from_ne_bytes(e) & (PM_PRESENT | PM_SWAPPED) != 0
+            })
+        })
+    }
+}
 
 /// Writes every RAM range of `mem` into a new file at `path`.
 pub fn write(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, MemoryFileError> {
@@ -57,14 +92,23 @@ pub fn write(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, MemoryFileError>
         .map_err(io("create the memory file"))?;
     let mut buf = vec![0u8; BLOCK];
     let mut offset = 0u64;
+    let touched = Touched::open();
     for region in mem.iter() {
         let len = region.len() as usize;
+        // Only anonymous memory reads as zero where it was never touched
+        // (a restored VM's file-backed RAM holds the file's bytes there).
+        let pagemap = touched.as_ref().filter(|_| region.file_offset().is_none());
         let slice = region
             .get_slice(vm_memory::MemoryRegionAddress(0), len)
             .map_err(|e| io("read guest memory")(std::io::Error::other(e)))?;
         let mut done = 0usize;
         while done < len {
             let n = BLOCK.min(len - done);
+            let host = region.as_ptr() as usize + done;
+            if pagemap.is_some_and(|t| !t.any(host, n)) {
+                done += n;
+                continue;
+            }
             let part = slice
                 .subslice(done, n)
                 .map_err(|e| io("read guest memory")(std::io::Error::other(e)))?;
