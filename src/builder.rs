@@ -1,6 +1,7 @@
-//! The boot recipe, top to bottom: check the config → KVM → guest memory →
-//! VM with irqchip and PIT → kernel, initrd, command line, ACPI, zero page
-//! → devices → vCPUs → threads. Each step lives in the module it is about.
+//! The boot recipe, top to bottom: check the config → guest memory →
+//! kernel, initrd, command line, ACPI, zero page → KVM → VM with irqchip
+//! (and PIT) → vCPUs → console and devices → threads. Each step lives in
+//! the module it is about; `assemble` is the part a restore shares.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -88,6 +89,7 @@ pub(crate) fn build(config: &VmConfig) -> Result<Machine, Error> {
         nets,
         console: &config.console,
         paused: false,
+        seccomp: config.seccomp,
     };
     assemble(parts, None, |kvm, vm| {
         create_vcpus(kvm, vm, config.cpus, host, kernel.entry, cr3)
@@ -103,6 +105,8 @@ pub(crate) struct Parts<'a> {
     pub console: &'a ConsoleMode,
     /// The vCPUs park before their first KVM_RUN until resumed.
     pub paused: bool,
+    /// Seccomp filters on the machine's threads.
+    pub seccomp: bool,
 }
 
 /// The devices' saved states, for a restore.
@@ -127,6 +131,7 @@ pub(crate) fn assemble(
         nets,
         console,
         paused,
+        seccomp,
     } = parts;
     let (cpus, memory, pit) = (description.cpus, description.memory, description.pit);
     let kvm = Kvm::new().map_err(Error::OpenKvm)?;
@@ -134,6 +139,11 @@ pub(crate) fn assemble(
     let vm_fd = kvm.create_vm().map_err(Error::kvm("create a VM"))?;
     memory::register_with_kvm(&vm_fd, &mem)?;
     create_irqchip(&vm_fd, pit)?;
+    // The vCPUs (a restore's in their saved state) exist before the
+    // irqchip's saved state goes in and before any device can raise an
+    // interrupt: an interrupt then always finds the LAPIC it is for, and
+    // no LAPIC state set later overwrites it.
+    let vcpus = vcpus(&kvm, &vm_fd)?;
     if let Some(saved) = &saved {
         saved.vm.restore(&vm_fd, pit).map_err(Error::RestoreVm)?;
     }
@@ -141,9 +151,11 @@ pub(crate) fn assemble(
 
     let exit = Arc::new(ExitSignal::new().map_err(Error::host("create the exit eventfd"))?);
     let (console, serial_out) =
-        ConsoleHost::new(console).map_err(Error::host("create the console"))?;
+        ConsoleHost::new(console, seccomp).map_err(Error::host("create the console"))?;
     let control = crate::control::VmControl::new(exit.clone(), cpus, memory, paused);
+    control.set_seccomp(seccomp);
     let mut machine = Machine::new(kvm, vm_fd, mem, exit.clone(), console, control);
+    machine.set_seccomp(seccomp);
     fault_point("start the console")?;
 
     let (mut buses, serial, input_wanted) = create_devices(
@@ -188,7 +200,6 @@ pub(crate) fn assemble(
         log::info!("virtio device {index} at {base:#x}, IRQ {irq}");
     }
     fault_point("attach the devices")?;
-    let vcpus = vcpus(machine.kvm(), machine.vm_fd())?;
     let source = machine.console().input_source();
     event_loop::add(
         &mut manager,

@@ -18,6 +18,9 @@ pub struct Cli {
     /// `ember --api-sock /tmp/ember.sock`.
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
+    /// With --api-sock alone: seccomp filters on Ember's threads.
+    #[arg(long, value_enum, default_value = "on")]
+    pub seccomp: Seccomp,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -78,6 +81,9 @@ pub struct RestoreArgs {
     /// Serve the control API on a Unix socket created here.
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
+    /// Seccomp filters on Ember's threads (on by default; `off` to debug).
+    #[arg(long, value_enum, default_value = "on")]
+    pub seccomp: Seccomp,
 }
 
 impl RestoreArgs {
@@ -100,6 +106,7 @@ impl RestoreArgs {
             );
         }
         config.resume = !self.paused;
+        config.seccomp = self.seccomp.on();
         Ok(config)
     }
 }
@@ -148,6 +155,22 @@ pub struct RunArgs {
     /// --api-sock /tmp/ember.sock; `ember pause|resume|stop` use it.
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
+    /// Seccomp filters on Ember's threads (on by default; `off` to debug).
+    #[arg(long, value_enum, default_value = "on")]
+    pub seccomp: Seccomp,
+}
+
+/// `--seccomp on|off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Seccomp {
+    On,
+    Off,
+}
+
+impl Seccomp {
+    pub fn on(self) -> bool {
+        self == Seccomp::On
+    }
 }
 
 /// Where the guest kit's outputs are: $EMBER_GUEST_DIR, else target/guest
@@ -209,6 +232,7 @@ impl RunArgs {
             memory,
             console: ConsoleMode::Terminal,
             pit: self.pit,
+            seccomp: self.seccomp.on(),
         };
         config.validate()?;
         Ok(config)

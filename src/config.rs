@@ -130,6 +130,9 @@ pub struct VmConfig {
     /// and the LAPIC timer), and a PIT makes closing the VM ~7.7 ms slower
     /// here (`cargo bench --bench floor`). On for guests that need one.
     pub pit: bool,
+    /// A seccomp filter on each of this VM's threads (src/seccomp): on by
+    /// default; off only to debug.
+    pub seccomp: bool,
 }
 
 impl VmConfig {
@@ -145,6 +148,7 @@ impl VmConfig {
             disks: Vec::new(),
             nets: Vec::new(),
             pit: false,
+            seccomp: true,
         }
     }
 

@@ -261,6 +261,8 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// Dropping it lets output drain (for at most OUTPUT_GRACE) and restores
 /// the terminal.
 pub(crate) struct ConsoleHost {
+    /// Its output threads run under their seccomp filter.
+    seccomp: bool,
     mode: ConsoleMode,
     shared: Arc<ConsoleShared>,
     pumps: Vec<Arc<Mutex<OutputPump>>>,
@@ -269,8 +271,10 @@ pub(crate) struct ConsoleHost {
 
 impl ConsoleHost {
     /// The host side and the writer to give the UART.
-    pub(crate) fn new(mode: &ConsoleMode) -> io::Result<(Self, SerialOut)> {
+    /// `seccomp`: the output threads run under their filter.
+    pub(crate) fn new(mode: &ConsoleMode, seccomp: bool) -> io::Result<(Self, SerialOut)> {
         let mut host = Self {
+            seccomp,
             mode: mode.clone(),
             shared: ConsoleShared::new()?,
             pumps: Vec::new(),
@@ -292,7 +296,7 @@ impl ConsoleHost {
     }
 
     fn pump(&mut self, out: Box<dyn Write + Send>) -> io::Result<Arc<Mutex<OutputPump>>> {
-        let p = Arc::new(Mutex::new(OutputPump::new(out)?));
+        let p = Arc::new(Mutex::new(OutputPump::with_filter(out, self.seccomp)?));
         self.pumps.push(p.clone());
         Ok(p)
     }
@@ -357,13 +361,23 @@ struct PumpState {
 }
 
 impl OutputPump {
-    pub(crate) fn new(mut out: Box<dyn Write + Send>) -> io::Result<Self> {
+    #[cfg(test)]
+    pub(crate) fn new(out: Box<dyn Write + Send>) -> io::Result<Self> {
+        Self::with_filter(out, false)
+    }
+
+    /// A pump whose thread runs under the console-output seccomp filter
+    /// when `seccomp`.
+    pub(crate) fn with_filter(mut out: Box<dyn Write + Send>, seccomp: bool) -> io::Result<Self> {
         let state: Arc<(Mutex<PumpState>, Condvar)> = Arc::default();
         let s = state.clone();
         let thread = std::thread::Builder::new()
             .name("ember-console-out".into())
             .spawn(move || {
                 crate::signals::block_stop_signals_here();
+                if seccomp {
+                    crate::seccomp::install_or_log(crate::seccomp::ThreadKind::ConsoleOut);
+                }
                 let (m, cv) = &*s;
                 loop {
                     let chunk: Vec<u8> = {
@@ -471,9 +485,10 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
-    pub fn stderr() -> io::Result<Self> {
+    /// `seccomp`: its thread runs under the console-output filter.
+    pub fn stderr(seccomp: bool) -> io::Result<Self> {
         Ok(Self {
-            pump: Arc::new(OutputPump::new(Box::new(dup_stderr()?))?),
+            pump: Arc::new(OutputPump::with_filter(Box::new(dup_stderr()?), seccomp)?),
         })
     }
 }

@@ -24,6 +24,8 @@ struct Shared {
     exit: Arc<ExitSignal>,
     cpus: u8,
     memory: u64,
+    /// The VM's threads run under seccomp filters (the API thread too).
+    seccomp: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -51,6 +53,7 @@ impl VmControl {
             exit: exit.clone(),
             cpus,
             memory,
+            seccomp: std::sync::atomic::AtomicBool::new(false),
         }));
         // When the VM ends, whoever ends it: a paused VM lets its vCPUs go,
         // and every vCPU is kicked out of the guest, so they stop in
@@ -132,6 +135,17 @@ impl VmControl {
     /// `VmExit::Stopped(StopReason::Requested)`.
     pub fn stop(&self) {
         self.0.exit.trigger(VmExit::Stopped(StopReason::Requested));
+    }
+
+    pub(crate) fn set_seccomp(&self, on: bool) {
+        self.0
+            .seccomp
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the VM's threads run under seccomp filters.
+    pub fn seccomp(&self) -> bool {
+        self.0.seccomp.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn cpus(&self) -> u8 {

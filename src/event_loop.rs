@@ -47,11 +47,13 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    /// Runs `manager` on a thread named `name` until this handle is dropped.
+    /// Runs `manager` on a thread named `name` until this handle is
+    /// dropped, under `filter`'s seccomp filter if one is given.
     pub fn spawn(
         name: String,
         mut manager: Manager,
         exit: Arc<ExitSignal>,
+        filter: Option<crate::seccomp::ThreadKind>,
     ) -> std::io::Result<Self> {
         let wake = EventFd::new(EFD_NONBLOCK)?;
         add(&mut manager, Wake(wake.try_clone()?));
@@ -59,6 +61,12 @@ impl EventLoop {
         let flag = stop.clone();
         let thread = std::thread::Builder::new().name(name).spawn(move || {
             crate::signals::block_stop_signals_here();
+            if let Some(kind) = filter {
+                if let Err(e) = crate::seccomp::install(kind) {
+                    exit.trigger(VmExit::HostError(HostFailure::seccomp(&e)));
+                    return;
+                }
+            }
             while !flag.load(Ordering::Acquire) {
                 if let Err(e) = manager.run() {
                     exit.trigger(VmExit::HostError(HostFailure::EventLoop(Arc::new(e))));

@@ -34,6 +34,21 @@ pub enum HostFailure {
     EventLoop(#[source] Arc<event_manager::Error>),
     #[error("the thread of vCPU {cpu} panicked (a bug in Ember)")]
     VcpuPanicked { cpu: u8 },
+    #[error("{0}")]
+    Seccomp(String),
+}
+
+impl HostFailure {
+    /// A thread could not install its seccomp filter (the whole reason).
+    pub(crate) fn seccomp(e: &crate::seccomp::SeccompError) -> Self {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            text.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        HostFailure::Seccomp(text)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

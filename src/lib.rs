@@ -36,6 +36,7 @@ mod pause;
 pub mod platform;
 pub mod reaper;
 mod restore;
+pub mod seccomp;
 mod signals;
 mod snapshot;
 mod stdin;

@@ -16,7 +16,8 @@ use vmm_sys_util::signal::Killable;
 use crate::console::ConsoleHost;
 use crate::control::VmControl;
 use crate::event_loop::{EventLoop, Manager};
-use crate::exit::{ExitSignal, StopReason, VmExit};
+use crate::exit::{ExitSignal, HostFailure, StopReason, VmExit};
+use crate::seccomp::ThreadKind;
 use crate::vcpu::{self, Buses};
 
 /// How long a vCPU thread may take to notice a kick before Ember kicks again.
@@ -66,6 +67,8 @@ pub(crate) struct Machine {
     /// Handed to the reaper last, after every thread that used them has
     /// been joined; `Some` until then.
     kvm: Option<KvmParts>,
+    /// Each thread of the machine installs its seccomp filter.
+    seccomp: bool,
 }
 
 /// The KVM descriptors and the guest memory: closing the VM fd is the slow
@@ -109,17 +112,18 @@ impl Machine {
                 kvm,
                 memory,
             }),
+            seccomp: false,
         }
+    }
+
+    pub(crate) fn set_seccomp(&mut self, on: bool) {
+        self.seccomp = on;
     }
 
     fn parts(&self) -> &KvmParts {
         self.kvm
             .as_ref()
             .expect("the KVM parts live until Machine::drop")
-    }
-
-    pub(crate) fn kvm(&self) -> &Kvm {
-        &self.parts().kvm
     }
 
     pub(crate) fn vm_fd(&self) -> &VmFd {
@@ -154,14 +158,16 @@ impl Machine {
 
     pub(crate) fn start_event_loop(&mut self, manager: Manager) -> std::io::Result<()> {
         let name = "ember-events".to_string();
-        self.event_loop = Some(EventLoop::spawn(name, manager, self.exit.clone())?);
+        let filter = self.seccomp.then_some(ThreadKind::EventLoop);
+        self.event_loop = Some(EventLoop::spawn(name, manager, self.exit.clone(), filter)?);
         Ok(())
     }
 
     /// Starts a device's own loop (a disk's I/O worker).
     pub(crate) fn start_worker(&mut self, name: String, manager: Manager) -> std::io::Result<()> {
+        let filter = self.seccomp.then_some(ThreadKind::DiskWorker);
         self.workers
-            .push(EventLoop::spawn(name, manager, self.exit.clone())?);
+            .push(EventLoop::spawn(name, manager, self.exit.clone(), filter)?);
         Ok(())
     }
 
@@ -177,10 +183,19 @@ impl Machine {
             self.exit.clone(),
             self.control.clone(),
         );
+        let seccomp = self.seccomp;
         let thread = std::thread::Builder::new()
             .name(format!("ember-vcpu{cpu}"))
             .spawn(move || {
                 crate::signals::block_stop_signals_here();
+                // Before the guest's first instruction and before this
+                // thread touches guest memory.
+                if seccomp {
+                    if let Err(e) = crate::seccomp::install(ThreadKind::Vcpu) {
+                        exit.trigger(VmExit::HostError(HostFailure::seccomp(&e)));
+                        return;
+                    }
+                }
                 vcpu::run(fd, cpu, buses, mem, exit, control)
             })?;
         // Kicked when the VM ends (VmControl's end hook) and for pauses.
@@ -213,7 +228,7 @@ impl Drop for Machine {
         // Nothing uses the VM any more: its slow close happens elsewhere.
         // The console (output drain, terminal restore) goes with the field.
         if let Some(parts) = self.kvm.take() {
-            crate::reaper::hand_over(Box::new(parts));
+            crate::reaper::hand_over(Box::new(parts), self.seccomp);
         }
     }
 }

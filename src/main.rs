@@ -12,11 +12,20 @@ fn main() {
     let mut logger =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level));
     // Logging never blocks a vCPU or the event loop on a stuck stderr.
-    if let Ok(w) = ember::LogWriter::stderr() {
+    let seccomp = match &cli.command {
+        Some(Command::Run(a)) => a.seccomp.on(),
+        Some(Command::Restore(a)) => a.seccomp.on(),
+        None => cli.seccomp.on(),
+        Some(_) => false,
+    };
+    if let Ok(w) = ember::LogWriter::stderr(seccomp) {
         logger.target(env_logger::Target::Pipe(Box::new(w)));
     }
     logger.init();
     ember::terminal::install_panic_hook();
+    if !seccomp {
+        log::info!("seccomp filters are off (--seccomp off)");
+    }
     let code = run(cli);
     // Flushes the log; the VM's close, if one is held, ends elsewhere.
     ember::reaper::exit(code)
@@ -25,7 +34,7 @@ fn main() {
 fn run(cli: Cli) -> u8 {
     let command = match (cli.command, cli.api_sock) {
         (Some(c), None) => c,
-        (None, Some(sock)) => return preboot(&sock),
+        (None, Some(sock)) => return preboot(&sock, cli.seccomp.on()),
         (Some(_), Some(_)) => {
             eprintln!(
                 "ember: --api-sock before a command serves the pre-boot API; \
@@ -59,7 +68,7 @@ const STOP: &str = r#"{"action_type":"Stop"}"#;
 /// `ember --api-sock PATH`: Firecracker's pre-boot API; the VM it
 /// configures (or the snapshot it loads) is started here, on the main
 /// thread, which then waits on it as `ember run` does.
-fn preboot(sock: &Path) -> u8 {
+fn preboot(sock: &Path, seccomp: bool) -> u8 {
     use ember::api::preboot::Launch;
     use std::sync::mpsc::RecvTimeoutError;
     let signals = match StopSignals::install() {
@@ -79,7 +88,8 @@ fn preboot(sock: &Path) -> u8 {
         Ok(s) => s,
         Err(e) => return fail(2, &e),
     };
-    let (server, requests) = match socket.serve_preboot(format!("ember-{}", std::process::id())) {
+    let id = format!("ember-{}", std::process::id());
+    let (server, requests) = match socket.serve_preboot(id, seccomp) {
         Ok(s) => s,
         Err(e) => return fail(1, &e),
     };
@@ -100,6 +110,11 @@ fn preboot(sock: &Path) -> u8 {
         match started {
             Ok(mut vm) => {
                 let _ = request.reply.send(Ok(vm.control()));
+                if let Err(e) = filter_main(&vm) {
+                    drop(vm);
+                    drop(server);
+                    return fail(1, &e);
+                }
                 vm.stop_on(signals);
                 let exit = vm.wait();
                 drop(vm);
@@ -165,10 +180,23 @@ fn serve(start: impl FnOnce() -> Result<Vm, ember::Error>, api_sock: Option<&Pat
                 return fail(1, &e);
             }
         };
+    if let Err(e) = filter_main(&vm) {
+        drop(vm);
+        return fail(1, &e);
+    }
     vm.stop_on(signals);
     let exit = vm.wait();
     drop(vm);
     exit_code(&exit)
+}
+
+/// The main thread's own filter, once its VM runs (it only waits and
+/// tears down from here on).
+fn filter_main(vm: &Vm) -> Result<(), ember::seccomp::SeccompError> {
+    if vm.control().seccomp() {
+        ember::seccomp::install(ember::seccomp::ThreadKind::Main)?;
+    }
+    Ok(())
 }
 
 /// `ember pause|resume|stop`: one API request; 0 on success, 1 with the

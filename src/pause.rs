@@ -25,6 +25,8 @@ pub enum PauseError {
     },
     #[error("the VM is running (pause it first)")]
     NotPaused,
+    #[error("a snapshot is being written; the VM resumes after it")]
+    Busy,
     #[error("{done} of {vcpus} vCPUs answered within {waited:?}")]
     NoAnswer {
         done: usize,
@@ -49,6 +51,8 @@ struct Gate<T> {
     errands: u64,
     /// vCPUs that did the current errand.
     done: usize,
+    /// A snapshot is being written: the VM must stay paused.
+    busy: bool,
 }
 
 /// Shared by the vCPU threads (which park at it) and the VM's owner.
@@ -76,6 +80,7 @@ impl<T> PauseGate<T> {
                 errand: None,
                 errands: 0,
                 done: 0,
+                busy: false,
             }),
             changed: Condvar::new(),
         }
@@ -116,10 +121,26 @@ impl<T> PauseGate<T> {
     pub(crate) fn on_each_parked(&self, vcpus: usize, errand: Errand<T>) -> Result<(), PauseError> {
         let start = Instant::now();
         let mut g = crate::lock(&self.gate);
+        // A VM restored paused may not have parked every vCPU yet.
+        while g.paused && !g.ended && g.parked != vcpus {
+            let waited = start.elapsed();
+            if waited >= PAUSE_LIMIT {
+                return Err(PauseError::Stuck {
+                    parked: g.parked,
+                    vcpus,
+                    waited,
+                });
+            }
+            g = self
+                .changed
+                .wait_timeout(g, PAUSE_LIMIT - waited)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
         if g.ended {
             return Err(PauseError::Ended);
         }
-        if !g.paused || g.parked != vcpus {
+        if !g.paused {
             return Err(PauseError::NotPaused);
         }
         g.errands += 1;
@@ -209,15 +230,45 @@ impl<T> PauseGate<T> {
         }
     }
 
+    /// Keeps a paused VM paused until the hold is dropped (resume fails
+    /// with `Busy` meanwhile): a snapshot's state and memory stay one.
+    pub(crate) fn hold_paused(&self) -> Result<HoldPaused<'_, T>, PauseError> {
+        let mut g = crate::lock(&self.gate);
+        if g.ended {
+            return Err(PauseError::Ended);
+        }
+        if !g.paused {
+            return Err(PauseError::NotPaused);
+        }
+        if g.busy {
+            return Err(PauseError::Busy);
+        }
+        g.busy = true;
+        Ok(HoldPaused(self))
+    }
+
     /// Lets every parked vCPU run again; resuming a running VM does nothing.
     pub(crate) fn resume(&self) -> Result<(), PauseError> {
         let mut g = crate::lock(&self.gate);
         if g.ended {
             return Err(PauseError::Ended);
         }
+        if g.busy {
+            return Err(PauseError::Busy);
+        }
         g.paused = false;
         self.changed.notify_all();
         Ok(())
+    }
+}
+
+/// See `PauseGate::hold_paused`.
+pub(crate) struct HoldPaused<'a, T>(&'a PauseGate<T>);
+
+impl<T> Drop for HoldPaused<'_, T> {
+    fn drop(&mut self) {
+        crate::lock(&self.0.gate).busy = false;
+        self.0.changed.notify_all();
     }
 }
 
@@ -287,8 +338,12 @@ mod tests {
         gate.pause(3, || {}).unwrap();
         gate.on_each_parked(3, errand(&ran)).unwrap();
         assert_eq!(ran.load(Ordering::SeqCst), 3);
+        let hold = gate.hold_paused().unwrap();
+        assert!(matches!(gate.hold_paused(), Err(PauseError::Busy)));
         gate.on_each_parked(3, errand(&ran)).unwrap();
         assert_eq!(ran.load(Ordering::SeqCst), 6, "a second errand runs again");
+        assert!(matches!(gate.resume(), Err(PauseError::Busy)));
+        drop(hold);
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(ran.load(Ordering::SeqCst), 6, "and each only once");
         gate.resume().unwrap();

@@ -72,7 +72,8 @@ fn lock(r: &Reaper) -> std::sync::MutexGuard<'_, State> {
 
 /// Hands `remains` to a reaper thread. If no thread can be started, drops
 /// them here: slower, never lost.
-pub(crate) fn hand_over(remains: Remains) {
+/// `seccomp`: a reaper thread started for it runs under its filter.
+pub(crate) fn hand_over(remains: Remains, seccomp: bool) {
     let r = reaper();
     let mut s = lock(r);
     s.pending += 1;
@@ -89,8 +90,11 @@ pub(crate) fn hand_over(remains: Remains) {
     drop(s);
     let spawned = std::thread::Builder::new()
         .name("ember-reaper".into())
-        .spawn(|| {
+        .spawn(move || {
             crate::signals::block_stop_signals_here();
+            if seccomp {
+                crate::seccomp::install_or_log(crate::seccomp::ThreadKind::Reaper);
+            }
             serve(reaper())
         });
     if spawned.is_err() {
@@ -287,7 +291,7 @@ mod tests {
         let gate = Arc::new((Mutex::new((0usize, false)), Condvar::new()));
         // Returns although no teardown can finish: they run elsewhere.
         for _ in 0..8 {
-            hand_over(Box::new(Gated(gate.clone())));
+            hand_over(Box::new(Gated(gate.clone())), false);
         }
         let (m, cv) = &*gate;
         let mut g = m.lock().unwrap();

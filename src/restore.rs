@@ -34,6 +34,8 @@ pub struct RestoreConfig {
     pub nets: Option<Vec<NetConfig>>,
     /// Run the guest at once; otherwise it waits, paused, for `resume`.
     pub resume: bool,
+    /// Seccomp filters on the VM's threads (as `VmConfig::seccomp`).
+    pub seccomp: bool,
 }
 
 impl RestoreConfig {
@@ -45,6 +47,7 @@ impl RestoreConfig {
             disks: None,
             nets: None,
             resume: true,
+            seccomp: true,
         }
     }
 }
@@ -116,8 +119,12 @@ pub(crate) fn restore(config: &RestoreConfig) -> Result<Machine, Error> {
         }
     }
     let nets = virtio_devices::open_nets(&net_configs)?;
-    let mem = memory_file::map(&config.memory, &memory::ram_ranges(m.memory))
-        .map_err(RestoreError::from)?;
+    let mem = memory_file::map(
+        &config.memory,
+        &memory::ram_ranges(m.memory),
+        snap.memory_id,
+    )
+    .map_err(RestoreError::from)?;
     memory::keep_out_of_forks(&mem)?;
     let mut machine = m.clone();
     machine.disks = disk_configs
@@ -144,6 +151,7 @@ pub(crate) fn restore(config: &RestoreConfig) -> Result<Machine, Error> {
         nets,
         console: &config.console,
         paused: !config.resume,
+        seccomp: config.seccomp,
     };
     let saved = SavedDevices {
         vm: &snap.vm,

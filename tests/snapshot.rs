@@ -161,6 +161,10 @@ fn bad_snapshot_files_are_refused_and_named() {
         .unwrap()
         .set_len(16 << 20)
         .unwrap();
+    let other = scratch("snapshot_other");
+    snapshot_a_counter("snapshot_other_guest", &other);
+    let foreign = copy_snapshot(&dir, "snapshot_foreign");
+    std::fs::copy(other.join("mem"), foreign.join("mem")).unwrap();
     let swapped = copy_snapshot(&dir, "snapshot_swapped");
     std::fs::rename(swapped.join("mem"), swapped.join("tmp")).unwrap();
     std::fs::rename(swapped.join("state"), swapped.join("mem")).unwrap();
@@ -171,9 +175,10 @@ fn bad_snapshot_files_are_refused_and_named() {
         (&truncated, "truncated or damaged"),
         (
             &short_mem,
-            "16777216 bytes, but the snapshot's guest has 33554432",
+            "16777216 bytes; the snapshot's guest has 33554432 bytes of RAM",
         ),
         (&swapped, "not an Ember snapshot"),
+        (&foreign, "not the memory file of this snapshot"),
     ] {
         let e = restore_error(case);
         let text = error_chain(&e);

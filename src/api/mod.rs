@@ -80,20 +80,27 @@ impl ApiSocket {
 
     /// Serves the VM behind `vm` until the returned server is dropped.
     pub fn serve(self, vm: VmControl, id: String) -> Result<ApiServer, ApiError> {
-        self.serve_with(Box::new(routes::Running { vm, id }))
+        let seccomp = vm.seccomp();
+        self.serve_with(Box::new(routes::Running { vm, id }), seccomp)
     }
 
     /// Serves the pre-boot API; the VM it configures is started by
     /// whoever takes the requests from the returned receiver.
+    /// `seccomp`: the API thread runs under its filter.
     pub fn serve_preboot(
         self,
         id: String,
+        seccomp: bool,
     ) -> Result<(ApiServer, std::sync::mpsc::Receiver<preboot::LaunchRequest>), ApiError> {
         let (handler, requests) = preboot::PreBoot::new(id);
-        Ok((self.serve_with(Box::new(handler))?, requests))
+        Ok((self.serve_with(Box::new(handler), seccomp)?, requests))
     }
 
-    fn serve_with(self, handler: Box<dyn server::Handler>) -> Result<ApiServer, ApiError> {
+    fn serve_with(
+        self,
+        handler: Box<dyn server::Handler>,
+        seccomp: bool,
+    ) -> Result<ApiServer, ApiError> {
         let stop = EventFd::new(EFD_NONBLOCK).map_err(ApiError::Thread)?;
         let stop_fd = stop.as_raw_fd();
         let listener = self.listener.try_clone().map_err(|source| ApiError::Bind {
@@ -104,6 +111,9 @@ impl ApiSocket {
             .name("ember-api".into())
             .spawn(move || {
                 crate::signals::block_stop_signals_here();
+                if seccomp {
+                    crate::seccomp::install_or_log(crate::seccomp::ThreadKind::Api);
+                }
                 server::serve(listener, stop_fd, handler)
             })
             .map_err(ApiError::Thread)?;

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use super::memory_file::{open_regular, TempFile};
+
 /// The first bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"EMBERSNP";
 /// Bumped on any change to what the body holds.
@@ -25,6 +27,8 @@ pub enum FileError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: not a regular file")]
+    NotAFile { path: PathBuf },
     #[error("{path}: not an Ember snapshot (no EMBERSNP header)")]
     NotASnapshot { path: PathBuf },
     #[error("{path}: {size} bytes, larger than any Ember snapshot (is it the memory file?)")]
@@ -80,9 +84,11 @@ pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<u64, FileError> {
             source,
         }
     };
-    let mut file = std::fs::File::create(path).map_err(io("create the snapshot file"))?;
-    std::io::Write::write_all(&mut file, &bytes).map_err(io("write the snapshot file"))?;
-    file.sync_all().map_err(io("sync the snapshot file"))?;
+    let temp = TempFile::create(path).map_err(io("create the snapshot file"))?;
+    std::io::Write::write_all(&mut &temp.file, &bytes).map_err(io("write the snapshot file"))?;
+    temp.file.sync_all().map_err(io("sync the snapshot file"))?;
+    temp.keep()
+        .map_err(io("move the snapshot file into place"))?;
     Ok(bytes.len() as u64)
 }
 
@@ -95,7 +101,11 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, FileError> {
             source,
         }
     };
-    let file = std::fs::File::open(path).map_err(io("open the snapshot file"))?;
+    let file = open_regular(path)
+        .map_err(io("open the snapshot file"))?
+        .ok_or_else(|| FileError::NotAFile {
+            path: path.to_path_buf(),
+        })?;
     let size = file
         .metadata()
         .map_err(io("read the snapshot's size"))?

@@ -81,6 +81,8 @@ pub struct SavedMachine {
 /// The snapshot file's body.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Snapshot {
+    /// Also in the memory file's trailer: the two files belong together.
+    pub memory_id: u64,
     pub machine: SavedMachine,
     pub vm: VmState,
     pub vcpus: Vec<VcpuState>,
@@ -129,6 +131,18 @@ pub(crate) fn capture(
         .as_slice()
         .to_vec();
     let cpus = usize::from(source.machine.cpus);
+    let stuck = |e| match e {
+        PauseError::Ended => SnapshotError::Ended,
+        PauseError::NotPaused => SnapshotError::NotPaused,
+        e => SnapshotError::Vcpus(e),
+    };
+    // Nothing resumes the VM until both files are written.
+    let _paused = gate.hold_paused().map_err(stuck)?;
+    // No queue work runs from here to the memory file's end, so the ring
+    // positions saved match the rings in the memory saved; and no device
+    // raises an interrupt after the LAPICs below are read (an edge would
+    // be lost to the snapshot with its used-ring entry saved).
+    let held: Vec<_> = source.virtio.iter().map(|(_, s)| s.hold()).collect();
     type Slots = Mutex<Vec<Option<Result<VcpuState, VcpuStateError>>>>;
     let slots: Arc<Slots> = Arc::new(Mutex::new((0..cpus).map(|_| None).collect()));
     let errand_slots = slots.clone();
@@ -141,11 +155,7 @@ pub(crate) fn capture(
             }
         }),
     )
-    .map_err(|e| match e {
-        PauseError::Ended => SnapshotError::Ended,
-        PauseError::NotPaused => SnapshotError::NotPaused,
-        e => SnapshotError::Vcpus(e),
-    })?;
+    .map_err(stuck)?;
     let mut vcpus = Vec::with_capacity(cpus);
     for slot in crate::lock(&slots).drain(..) {
         match slot {
@@ -159,9 +169,6 @@ pub(crate) fn capture(
             }
         }
     }
-    // No queue work runs from here to the memory file's end, so the ring
-    // positions saved match the rings in the memory saved.
-    let held: Vec<_> = source.virtio.iter().map(|(_, s)| s.hold()).collect();
     let virtio = source
         .virtio
         .iter()
@@ -170,9 +177,11 @@ pub(crate) fn capture(
         .collect();
     let serial = crate::lock(&source.serial).snapshot();
     let vm = VmState::save(&source.vm, source.machine.pit)?;
-    let memory_bytes = memory_file::write(&source.memory, mem_path)?;
+    let memory_id = random_id();
+    let memory_bytes = memory_file::write(&source.memory, mem_path, memory_id)?;
     drop(held);
     let snapshot = Snapshot {
+        memory_id,
         machine: source.machine.clone(),
         vm,
         vcpus,
@@ -185,6 +194,21 @@ pub(crate) fn capture(
         memory_bytes,
         took: start.elapsed(),
     })
+}
+
+/// A random id tying a state file to its memory file.
+fn random_id() -> u64 {
+    let mut id = [0u8; 8];
+    // SAFETY: getrandom writes at most 8 bytes into the 8-byte buffer.
+    let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
+    if n != id.len() as isize {
+        // No randomness: still unique per snapshot within this host.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        return t ^ (u64::from(std::process::id()) << 32);
+    }
+    u64::from_ne_bytes(id)
 }
 
 /// Whether `a` and `b` name one file (or the same path).

@@ -5,6 +5,7 @@
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
     kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
+    KVM_VCPUEVENT_VALID_NMI_PENDING, KVM_VCPUEVENT_VALID_SIPI_VECTOR,
 };
 use kvm_ioctls::VcpuFd;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,13 @@ pub enum VcpuStateError {
         set: usize,
         wanted: usize,
         failed: u32,
+    },
+    #[error("vCPU {cpu}: this host cannot run the guest's TSC at {khz} kHz")]
+    TscRate {
+        cpu: u8,
+        khz: u32,
+        #[source]
+        source: kvm_ioctls::Error,
     },
     #[error("vCPU {cpu}: {what} holds {len} entries, more than KVM takes")]
     TooMany {
@@ -115,11 +123,10 @@ impl VcpuState {
         vcpu.set_cpuid2(&cpuid).map_err(kvm("set the CPUID"))?;
         if let Some(khz) = self.tsc_khz {
             if vcpu.get_tsc_khz().ok() != Some(khz) {
-                // Without TSC scaling the guest's clock runs at the host's
-                // rate; kvm-clock keeps its time right either way.
-                if let Err(e) = vcpu.set_tsc_khz(khz) {
-                    log::warn!("vCPU {cpu}: cannot set the TSC to {khz} kHz: {e}");
-                }
+                // A guest that counts time in TSC ticks (its clocksource,
+                // the TSC-deadline timer) would run at the wrong rate.
+                vcpu.set_tsc_khz(khz)
+                    .map_err(|source| VcpuStateError::TscRate { cpu, khz, source })?;
             }
         }
         vcpu.set_mp_state(self.mp_state)
@@ -136,7 +143,11 @@ impl VcpuState {
             .map_err(kvm("set the debug registers"))?;
         vcpu.set_lapic(&self.lapic).map_err(kvm("set the LAPIC"))?;
         write_msrs(vcpu, cpu, &self.msrs)?;
-        vcpu.set_vcpu_events(&self.events)
+        // KVM_GET_VCPU_EVENTS does not mark the pending NMI and the SIPI
+        // vector valid; without these flags KVM_SET_VCPU_EVENTS drops them.
+        let mut events = self.events;
+        events.flags |= KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR;
+        vcpu.set_vcpu_events(&events)
             .map_err(kvm("set pending events"))?;
         Ok(())
     }
@@ -168,9 +179,11 @@ fn read_msrs(vcpu: &VcpuFd, cpu: u8, list: &[u32]) -> Result<Vec<kvm_msr_entry>,
                 what: "read the MSRs",
                 source,
             })?;
-        out.extend_from_slice(&msrs.as_slice()[..read.min(batch.len())]);
-        // Entry `read` was refused: skip it.
-        rest = &rest[(read + 1).min(rest.len())..];
+        let read = read.min(batch.len());
+        out.extend_from_slice(&msrs.as_slice()[..read]);
+        // A batch read short stopped at an MSR KVM refused: skip that one.
+        let skip = if read < batch.len() { read + 1 } else { read };
+        rest = &rest[skip..];
     }
     Ok(out)
 }

@@ -9,6 +9,9 @@ use std::sync::MutexGuard;
 use virtio_queue::{Queue, QueueState, QueueT};
 
 use super::{DeviceStatus, MmioTransport};
+
+/// VIRTIO_RING_F_EVENT_IDX (virtio 1.2, 6).
+const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 use crate::virtio::VirtioDevice;
 
 /// One queue: what the driver configured and where the device was.
@@ -61,6 +64,8 @@ pub enum TransportStateError {
     },
     #[error("queue {index}: the saved ring addresses differ from the driver's accepted ones")]
     RingMismatch { index: usize },
+    #[error("queue {index}: EVENT_IDX in use, but the driver did not negotiate it")]
+    EventIdx { index: usize },
     #[error("the device refused to run on its saved rings")]
     Activate,
 }
@@ -133,6 +138,9 @@ impl MmioTransport {
             let mismatch = (0..3).any(|r| !s.refused[r + 1] && s.written[r] != s.rings[r]);
             if mismatch {
                 return Err(TransportStateError::RingMismatch { index });
+            }
+            if s.event_idx && saved.driver_features & VIRTIO_RING_F_EVENT_IDX == 0 {
+                return Err(TransportStateError::EventIdx { index });
             }
             let state = QueueState {
                 max_size: q.max_size(),
