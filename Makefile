@@ -4,7 +4,7 @@
 CARGO ?= cargo
 EMBER := target/release/ember
 
-.PHONY: all deps guest build run test bench soak clean-guest
+.PHONY: all deps guest build run test bench soak fuzz clean-guest
 
 all: build
 
@@ -43,6 +43,12 @@ bench: guest build
 COUNT ?= 1000
 soak:
 	$(CARGO) bench --bench soak -- $(COUNT)
+
+# Every fuzz target under AddressSanitizer for FUZZ_SECONDS each
+# (cargo-fuzz on nightly; resources/fuzz.sh installs cargo-fuzz).
+FUZZ_SECONDS ?= 600
+fuzz:
+	resources/fuzz.sh $(FUZZ_SECONDS)
 
 clean-guest:
 	rm -rf target/guest

@@ -27,6 +27,8 @@ mod control;
 mod error;
 mod event_loop;
 mod exit;
+#[doc(hidden)]
+pub mod fuzzing;
 mod guest_profile;
 pub mod layout;
 mod loader;

@@ -90,6 +90,13 @@ pub fn install_panic_hook() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         restore_terminal();
+        if crate::seccomp::filtered() {
+            // Without the backtrace the default hook would resolve (its
+            // files are outside the thread's filter).
+            let name = std::thread::current().name().unwrap_or("?").to_string();
+            eprintln!("thread '{name}' {info}");
+            return;
+        }
         previous(info);
     }));
 }

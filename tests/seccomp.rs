@@ -127,3 +127,49 @@ fn a_reaper_thread_that_breaks_its_filter_ends_the_process() {
         "{stderr}"
     );
 }
+
+#[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
+fn a_stopped_and_continued_vmm_runs_on() {
+    require_kvm();
+    // SIGSTOP/SIGCONT makes the kernel resume interrupted waits through
+    // restart_syscall, on every thread that was blocked.
+    let dir = scratch("seccomp_stop_cont");
+    let elf = tiny_guest("seccomp_stop_cont_guest", "idle.S");
+    let sock = dir.join("api.sock");
+    let mut child = Command::new(ember_bin())
+        .args(["run", "--memory", "16M", "--kernel"])
+        .arg(&elf)
+        .arg("--api-sock")
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "no API socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = child.id() as i32;
+    for _ in 0..3 {
+        // SAFETY: signals to our own child.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        std::thread::sleep(Duration::from_millis(100));
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "ember ended after SIGSTOP/SIGCONT"
+    );
+    let stop = Command::new(ember_bin())
+        .args(["stop", "--api-sock"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

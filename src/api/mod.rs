@@ -6,8 +6,8 @@
 
 pub mod client;
 pub mod preboot;
-mod routes;
-mod server;
+pub(crate) mod routes;
+pub(crate) mod server;
 
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
@@ -92,7 +92,7 @@ impl ApiSocket {
         id: String,
         seccomp: bool,
     ) -> Result<(ApiServer, std::sync::mpsc::Receiver<preboot::LaunchRequest>), ApiError> {
-        let (handler, requests) = preboot::PreBoot::new(id);
+        let (handler, requests) = preboot::PreBoot::new(id, seccomp);
         Ok((self.serve_with(Box::new(handler), seccomp)?, requests))
     }
 

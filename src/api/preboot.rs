@@ -135,14 +135,17 @@ pub struct PreBoot {
     nets: Vec<NetworkInterface>,
     launcher: SyncSender<LaunchRequest>,
     running: Option<VmControl>,
+    seccomp: bool,
 }
 
 impl PreBoot {
     /// The handler, and the receiving end the main thread waits on.
-    pub fn new(id: String) -> (Self, Receiver<LaunchRequest>) {
+    /// `seccomp`: the VM it starts runs its threads under their filters.
+    pub fn new(id: String, seccomp: bool) -> (Self, Receiver<LaunchRequest>) {
         let (launcher, requests) = sync_channel(0);
         let handler = Self {
             id,
+            seccomp,
             boot: None,
             cpus: 1,
             memory_mib: DEFAULT_MEMORY >> 20,
@@ -159,6 +162,7 @@ impl PreBoot {
             Reply::fault("InstanceStart: no boot source (PUT /boot-source first)")
         })?;
         let mut config = VmConfig::new(&boot.kernel_image_path);
+        config.seccomp = self.seccomp;
         config.initrd = boot.initrd_path.clone();
         config.cmdline = boot
             .boot_args
@@ -237,6 +241,7 @@ impl PreBoot {
             (None, None) => return Reply::fault("missing field `mem_backend`"),
         };
         let mut config = RestoreConfig::new(req.snapshot_path, memory);
+        config.seccomp = self.seccomp;
         config.resume = req.resume_vm;
         self.launch(Launch::Restore(Box::new(config)))
     }
@@ -377,7 +382,7 @@ mod tests {
 
     #[test]
     fn the_configuration_calls_make_a_vm_config() {
-        let (mut h, requests) = PreBoot::new("t".into());
+        let (mut h, requests) = PreBoot::new("t".into(), true);
         let info = h.handle("GET", "/", b"");
         assert!(info.body.contains(r#""state":"Not started""#), "{info:?}");
         let m = fault_of(&put(
@@ -423,6 +428,7 @@ mod tests {
             panic!("not a boot")
         };
         assert_eq!((c.cpus, c.memory), (2, 512 << 20));
+        assert!(c.seccomp);
         assert_eq!(c.kernel, PathBuf::from("/k"));
         assert_eq!(c.initrd, Some(PathBuf::from("/i")));
         assert_eq!(c.cmdline, "console=ttyS0 quiet root=/dev/vda rw");
@@ -441,7 +447,7 @@ mod tests {
 
     #[test]
     fn bad_configuration_calls_name_the_field() {
-        let (mut h, _requests) = PreBoot::new("t".into());
+        let (mut h, _requests) = PreBoot::new("t".into(), true);
         for (path, body, want) in [
             (
                 "/boot-source",
@@ -503,7 +509,7 @@ mod tests {
 
     #[test]
     fn snapshot_load_asks_for_a_restore() {
-        let (mut h, requests) = PreBoot::new("t".into());
+        let (mut h, requests) = PreBoot::new("t".into(), true);
         let asked = starter(requests);
         let r = put(
             &mut h,

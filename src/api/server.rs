@@ -97,6 +97,15 @@ fn parse(inbox: &[u8]) -> Parsed {
     Parsed::Request(method, path, body, head + length, keep_alive)
 }
 
+/// A whole request's method, path and body, if `bytes` start with one
+/// (for the fuzz target).
+pub(crate) fn parse_request(bytes: &[u8]) -> Option<(String, String, Vec<u8>)> {
+    match parse(bytes) {
+        Parsed::Request(method, path, body, _, _) => Some((method, path, body)),
+        Parsed::Incomplete | Parsed::Bad(_) => None,
+    }
+}
+
 fn response_bytes(r: &Reply) -> Vec<u8> {
     let reason = match r.status {
         200 => "OK",

@@ -89,8 +89,12 @@ macro_rules! calls {
 /// signal masks and returns (the kick handler), leaving (exit), closing
 /// what it drops, logging (write to a pipe or eventfd), std's hash keys
 /// (getrandom), its own ids, a kick or pause to another of this process's
-/// threads (tgkill, checked below), and the SIGSYS handler's terminal
-/// restore (ioctl TCSETS, checked below).
+/// threads (tgkill, checked below), the SIGSYS handler's terminal restore
+/// (ioctl TCSETS, checked below) and its check that stderr takes its line
+/// (poll); a wait resumed after the process was stopped and continued
+/// (restart_syscall: SIGSTOP/SIGCONT, a debugger attaching, a cgroup
+/// freeze); std's fault handler putting back the default action so that a
+/// real SIGSEGV/SIGBUS ends the process as that signal (rt_sigaction).
 fn base() -> Vec<Call> {
     calls![
         SYS_brk,
@@ -116,6 +120,9 @@ fn base() -> Vec<Call> {
         SYS_getpid,
         SYS_gettid,
         SYS_rseq,
+        SYS_restart_syscall,
+        SYS_rt_sigaction,
+        SYS_poll,
     ]
 }
 
@@ -438,24 +445,54 @@ fn violation(kind: Option<ThreadKind>, nr: i64) -> Line {
     line
 }
 
+/// si_code of a SIGSYS raised by a seccomp filter.
+const SYS_SECCOMP: libc::c_int = 1;
+
 extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // SAFETY: for SIGSYS from seccomp the kernel fills the _sigsys member
-    // of siginfo: the call address, then the syscall number (an int).
-    let nr = unsafe {
+    // SAFETY: the kernel passes a valid siginfo; for SIGSYS from seccomp
+    // it fills the _sigsys member: after si_signo, si_errno, si_code (3
+    // ints) and padding to 16 bytes, { void *_call_addr; int _syscall; }.
+    let (code, nr) = unsafe {
         let base = info.cast::<u8>();
-        // si_signo, si_errno, si_code (3 ints) and padding to 16 bytes,
-        // then _sigsys { void *_call_addr; int _syscall; unsigned _arch; }.
-        std::ptr::read_unaligned(base.add(16 + 8).cast::<libc::c_int>())
+        (
+            (*info).si_code,
+            std::ptr::read_unaligned(base.add(16 + 8).cast::<libc::c_int>()),
+        )
     };
     let kind = KIND.try_with(Cell::get).ok().flatten();
     crate::terminal::restore_terminal_from_signal();
-    let line = violation(kind, i64::from(nr));
-    // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is
-    // this frame's.
+    let line = if code == SYS_SECCOMP {
+        violation(kind, i64::from(nr))
+    } else {
+        let mut line = Line {
+            buf: [0; 256],
+            len: 0,
+        };
+        line.push(b"ember: SIGSYS from outside seccomp; Ember stopped\n");
+        line
+    };
+    // Only if stderr takes the line now (a line under PIPE_BUF never
+    // blocks once poll says a pipe is writable): a stuck reader must not
+    // keep the process from ending.
+    let mut pfd = libc::pollfd {
+        fd: libc::STDERR_FILENO,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: poll(2), write(2) and _exit(2) are async-signal-safe; the
+    // buffer is this frame's.
     unsafe {
-        libc::write(libc::STDERR_FILENO, line.buf.as_ptr().cast(), line.len);
+        if libc::poll(&mut pfd, 1, 100) == 1 && pfd.revents & libc::POLLOUT != 0 {
+            libc::write(libc::STDERR_FILENO, line.buf.as_ptr().cast(), line.len);
+        }
         libc::_exit(1);
     }
+}
+
+/// Whether this thread runs under one of Ember's filters (its panics
+/// then print no backtrace: resolving one needs files it may not open).
+pub fn filtered() -> bool {
+    KIND.try_with(|k| k.get().is_some()).unwrap_or(false)
 }
 
 #[cfg(test)]

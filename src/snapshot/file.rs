@@ -122,7 +122,7 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, FileError> {
     decode(path, &bytes)
 }
 
-fn decode<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, FileError> {
+pub(crate) fn decode<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, FileError> {
     let path = || path.to_path_buf();
     if !bytes.starts_with(&MAGIC) {
         return Err(FileError::NotASnapshot { path: path() });
