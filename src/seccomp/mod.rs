@@ -507,6 +507,51 @@ mod tests {
         }
     }
 
+    /// Each kind's allowed calls, by name (tgkill counted; ioctl, fcntl,
+    /// clone and prctl allowed only for the values checked in `filter`).
+    fn allowed(kind: ThreadKind) -> Vec<&'static str> {
+        let mut names: Vec<&str> = base().into_iter().chain(extra(kind)).map(|c| c.0).collect();
+        names.extend(["SYS_tgkill", "SYS_ioctl", "SYS_fcntl"]);
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    #[test]
+    fn no_thread_may_exec_trace_mount_or_open_sockets_and_only_the_api_opens_files() {
+        for kind in ThreadKind::ALL {
+            let names = allowed(kind);
+            for forbidden in [
+                "SYS_execve",
+                "SYS_execveat",
+                "SYS_socket",
+                "SYS_connect",
+                "SYS_bind",
+                "SYS_ptrace",
+                "SYS_process_vm_readv",
+                "SYS_process_vm_writev",
+                "SYS_mount",
+                "SYS_setuid",
+                "SYS_kill",
+                "SYS_clone3",
+                "SYS_vfork",
+            ] {
+                assert!(!names.contains(&forbidden), "{kind:?} allows {forbidden}");
+            }
+            assert_eq!(
+                names.contains(&"SYS_openat"),
+                kind == ThreadKind::Api,
+                "{kind:?}"
+            );
+            assert_eq!(
+                names.contains(&"SYS_clone"),
+                kind == ThreadKind::Main,
+                "{kind:?}"
+            );
+            println!("{:<14} {} system calls", kind.label(), names.len());
+        }
+    }
+
     #[test]
     fn a_violation_names_the_thread_and_the_call() {
         let _ = install_handler();
