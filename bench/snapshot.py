@@ -13,6 +13,10 @@ Medians with min-max. The booted shell's answer to the same line is timed
 too: what an answer costs this guest at all. Firecracker's /snapshot/load
 is not measured here (it is not installed on these machines).
 
+A tiny guest is then snapshotted at 256M, 1G and 4G of RAM and restored
+RUNS times each: restore -> vCPUs running as RAM grows, without a kit boot
+per size. SIZES empty ("") skips the kit.
+
 usage: bench/snapshot.py [RUNS] [SIZES]   (default 10 256M,1G)
 """
 import os
@@ -95,6 +99,58 @@ def restore_once(state, mem):
     return (running - start) * 1000, (answered - start) * 1000
 
 
+def tiny_guest(tmp):
+    """tests/guests/counter.S, assembled and linked as the tests do."""
+    prelude = open(os.path.join(ROOT, "tests/guests/prelude.S")).read()
+    body = open(os.path.join(ROOT, "tests/guests/counter.S")).read()
+    src, obj, elf = (os.path.join(tmp, n) for n in ("counter.S", "counter.o", "counter.elf"))
+    with open(src, "w") as f:
+        f.write(prelude + "\n" + body)
+    subprocess.run(["as", "--64", "-o", obj, src], check=True)
+    subprocess.run(["ld", "-m", "elf_x86_64", "--build-id=none", "-z", "max-page-size=4096",
+                    "-e", "_start", "-Ttext=0x200000", "-o", elf, obj], check=True)
+    return elf
+
+
+def tiny_snapshot(tmp, elf, size):
+    """Boots the counter guest with `size` of RAM and snapshots it."""
+    sock = os.path.join(tmp, f"tiny-{size}.sock")
+    state, mem = os.path.join(tmp, f"tiny-state-{size}"), os.path.join(tmp, f"tiny-mem-{size}")
+    vm = subprocess.Popen([EMBER, "run", "--memory", size, "--kernel", elf, "--api-sock", sock],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    read_until(vm.stdout, b"n=", 60)
+    subprocess.run([EMBER, "snapshot", "--api-sock", sock, state, mem, "--stop"], check=True)
+    vm.wait(timeout=30)
+    return state, mem
+
+
+def tiny_restore(state, mem):
+    """Spawn -> vCPUs running of one restore of a tiny guest (ms)."""
+    start = time.monotonic()
+    p = subprocess.Popen([EMBER, "--verbose", "restore", state, mem], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    running, _ = read_until(p.stderr, b"vCPU threads started", 30)
+    read_until(p.stdout, b"n=", 30)
+    p.kill()
+    p.communicate()
+    return (running - start) * 1000
+
+
+def tiny_restores(tmp, sizes, runs):
+    """Restore -> vCPUs running for a tiny guest of each size of RAM, the
+    sizes taken in turn so that the machine's drift hits them alike."""
+    elf = tiny_guest(tmp)
+    snaps = {size: tiny_snapshot(tmp, elf, size) for size in sizes}
+    times = {size: [] for size in sizes}
+    for _ in range(runs):
+        for size in sizes:
+            times[size].append(tiny_restore(*snaps[size]))
+    for state, mem in snaps.values():
+        os.unlink(state)
+        os.unlink(mem)
+    return times
+
+
 def fmt(xs, unit):
     return f"{statistics.median(xs):8.2f} {unit} ({min(xs):.2f}-{max(xs):.2f})"
 
@@ -109,7 +165,7 @@ def human(n):
 
 def main():
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    sizes = (sys.argv[2] if len(sys.argv) > 2 else "256M,1G").split(",")
+    sizes = [s for s in (sys.argv[2] if len(sys.argv) > 2 else "256M,1G").split(",") if s]
     tmp = tempfile.mkdtemp(prefix="ember-snapbench-")
     try:
         print(f"# the guest kit at its prompt; {runs} restores per size; medians (min-max)")
@@ -124,6 +180,10 @@ def main():
             print(f"  memory file                        {human(mlen)} ({human(malloc)} allocated)")
             print(f"  ember restore -> vCPUs running   {fmt([r[0] for r in rows], 'ms')}")
             print(f"  ember restore -> shell answer    {fmt([r[1] for r in rows], 'ms')}")
+        print(f"\n## tiny guest (tests/guests/counter.S), {runs} restores per size")
+        tiny = tiny_restores(tmp, ["256M", "1G", "4G"], runs)
+        for size, times in tiny.items():
+            print(f"  {size:>4}: ember restore -> vCPUs running {fmt(times, 'ms')}")
         where = "installed" if shutil.which("firecracker") else "not installed"
         print(f"\nFirecracker's /snapshot/load: not measured by this script "
               f"(Firecracker is {where} here)")

@@ -110,6 +110,31 @@ fn median_ms(v: &mut [Duration]) -> f64 {
         .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
 }
 
+/// KVM_SET_USER_MEMORY_REGION of one slot of `size` bytes (never touched):
+/// what KVM's per-slot bookkeeping costs as guest RAM grows.
+fn slot_cost(size: usize, n: usize) -> f64 {
+    let kvm = Kvm::new().expect("open /dev/kvm");
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let vm = kvm.create_vm().expect("KVM_CREATE_VM");
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size)]).expect("mmap");
+        let host = mem.get_host_address(GuestAddress(0)).expect("host address") as u64;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            guest_phys_addr: 0,
+            memory_size: size as u64,
+            userspace_addr: host,
+            flags: 0,
+        };
+        let t = Instant::now();
+        // SAFETY: `mem` maps `size` bytes at `host` and outlives `vm`.
+        unsafe { vm.set_user_memory_region(region) }.expect("memory slot");
+        times.push(t.elapsed());
+        drop(vm);
+    }
+    median_ms(&mut times)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().filter(|a| a != "--bench").collect();
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20);
@@ -135,5 +160,14 @@ fn main() {
         "kvm_floor_pit_ms  create_pit2 {:.3}  close_with_pit {:.3}  (median of {n}; what a PIT adds)",
         median_ms(&mut s.pit),
         median_ms(&mut s.close_with_pit),
+    );
+    let slots: Vec<String> = [(256usize << 20, "256M"), (1 << 30, "1G"), (3 << 30, "3G")]
+        .iter()
+        .map(|&(size, name)| format!("{name} {:.3}", slot_cost(size, n.min(10))))
+        .collect();
+    println!(
+        "kvm_floor_memory_slot_ms  {}  (median of {}; one slot of that size, never touched)",
+        slots.join("  "),
+        n.min(10)
     );
 }
