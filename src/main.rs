@@ -71,19 +71,10 @@ const STOP: &str = r#"{"action_type":"Stop"}"#;
 fn preboot(sock: &Path, seccomp: bool) -> u8 {
     use ember::api::preboot::Launch;
     use std::sync::mpsc::RecvTimeoutError;
-    let signals = match StopSignals::install() {
+    let signals = match prepare_to_run() {
         Ok(s) => s,
-        Err(e) => {
-            return fail(
-                1,
-                &ember::Error::Host {
-                    what: "install signal handlers",
-                    source: e,
-                },
-            )
-        }
+        Err(code) => return code,
     };
-    ember::reaper::hold_until_exit();
     let socket = match ember::api::ApiSocket::bind(sock) {
         Ok(s) => s,
         Err(e) => return fail(2, &e),
@@ -140,26 +131,33 @@ fn chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
+/// What a process that runs one VM sets up before the start: the stop
+/// signals (a signal during the start stops the VM once it runs), and the
+/// holder for the VM's close (this process ends right after its VM: the
+/// slow close goes to a holder process at exit, src/reaper.rs, so the exit
+/// status is out as soon as the disks are flushed and the terminal
+/// restored). Err: the exit code, the failure printed.
+fn prepare_to_run() -> Result<StopSignals, u8> {
+    let signals = StopSignals::install().map_err(|e| {
+        fail(
+            1,
+            &ember::Error::Host {
+                what: "install signal handlers",
+                source: e,
+            },
+        )
+    })?;
+    ember::reaper::hold_until_exit();
+    Ok(signals)
+}
+
 /// Starts a VM with `start`, serves its API on `api_sock` if given, and
 /// waits for its end; returns the exit code.
 fn serve(start: impl FnOnce() -> Result<Vm, ember::Error>, api_sock: Option<&Path>) -> u8 {
-    // Before the start: a signal during it stops the VM once it runs.
-    let signals = match StopSignals::install() {
+    let signals = match prepare_to_run() {
         Ok(s) => s,
-        Err(e) => {
-            return fail(
-                1,
-                &ember::Error::Host {
-                    what: "install signal handlers",
-                    source: e,
-                },
-            )
-        }
+        Err(code) => return code,
     };
-    // This process ends right after its VM: the VM's slow close goes to a
-    // holder process at exit (src/reaper.rs), so the exit status is out
-    // as soon as the disks are flushed and the terminal restored.
-    ember::reaper::hold_until_exit();
     // Bound before the start: a bad path fails here, not with a VM running.
     let api_socket = match api_sock.map(ember::api::ApiSocket::bind) {
         None => None,

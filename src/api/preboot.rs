@@ -10,9 +10,9 @@
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::routes::{parse, route, Reply};
+use super::routes::{parse, route, InstanceInfo, MachineConfig, Reply};
 use super::server::Handler;
 use crate::config::{
     ConsoleMode, DiskConfig, NetConfig, VmConfig, DEFAULT_CMDLINE, DEFAULT_MEMORY,
@@ -52,14 +52,6 @@ struct MachineConfigIn {
     #[serde(default)]
     smt: bool,
     #[serde(default)]
-    track_dirty_pages: bool,
-}
-
-#[derive(Serialize)]
-struct MachineConfigOut {
-    vcpu_count: u8,
-    mem_size_mib: u64,
-    smt: bool,
     track_dirty_pages: bool,
 }
 
@@ -114,14 +106,6 @@ struct SnapshotLoad {
 #[serde(deny_unknown_fields)]
 struct Action {
     action_type: String,
-}
-
-#[derive(Serialize)]
-struct InstanceInfo<'a> {
-    app_name: &'a str,
-    id: &'a str,
-    state: &'a str,
-    vmm_version: &'a str,
 }
 
 /// Serves the pre-boot endpoints until a VM runs, then the running ones.
@@ -265,7 +249,7 @@ impl Handler for PreBoot {
             ),
             ("GET", "/machine-config") => Reply::json(
                 200,
-                &MachineConfigOut {
+                &MachineConfig {
                     vcpu_count: self.cpus,
                     mem_size_mib: self.memory_mib,
                     smt: false,

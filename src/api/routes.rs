@@ -47,19 +47,19 @@ struct Fault {
 }
 
 #[derive(Serialize)]
-struct InstanceInfo<'a> {
-    app_name: &'a str,
-    id: &'a str,
-    state: &'a str,
-    vmm_version: &'a str,
+pub(crate) struct InstanceInfo<'a> {
+    pub app_name: &'a str,
+    pub id: &'a str,
+    pub state: &'a str,
+    pub vmm_version: &'a str,
 }
 
 #[derive(Serialize)]
-struct MachineConfig {
-    vcpu_count: u8,
-    mem_size_mib: u64,
-    smt: bool,
-    track_dirty_pages: bool,
+pub(crate) struct MachineConfig {
+    pub vcpu_count: u8,
+    pub mem_size_mib: u64,
+    pub smt: bool,
+    pub track_dirty_pages: bool,
 }
 
 #[derive(Deserialize)]
