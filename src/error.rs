@@ -60,6 +60,18 @@ pub enum Error {
     Injected { step: &'static str },
 }
 
+/// An error and its sources on one line: "what failed: why: why".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 impl Error {
     /// True when the user's input was wrong (bad flag, bad file): the CLI
     /// exits 2 for these, 1 for host failures.

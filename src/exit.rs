@@ -41,13 +41,7 @@ pub enum HostFailure {
 impl HostFailure {
     /// A thread could not install its seccomp filter (the whole reason).
     pub(crate) fn seccomp(e: &crate::seccomp::SeccompError) -> Self {
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            text.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        HostFailure::Seccomp(text)
+        HostFailure::Seccomp(crate::error_chain(e))
     }
 }
 
@@ -146,15 +140,7 @@ impl fmt::Display for VmExit {
                 write!(f, "stopped from the console (Ctrl-A x)")
             }
             VmExit::Stopped(StopReason::Signal(n)) => write!(f, "stopped by signal {n}"),
-            VmExit::HostError(e) => {
-                write!(f, "Ember failed: {e}")?;
-                let mut source = std::error::Error::source(e);
-                while let Some(s) = source {
-                    write!(f, ": {s}")?;
-                    source = s.source();
-                }
-                Ok(())
-            }
+            VmExit::HostError(e) => write!(f, "Ember failed: {}", crate::error_chain(e)),
         }
     }
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use clap::Parser;
 use ember::cli::{kit_dir, Cli, Command};
-use ember::{StopReason, StopSignals, Vm, VmExit};
+use ember::{error_chain, StopReason, StopSignals, Vm, VmExit};
 
 fn main() {
     let cli = Cli::parse();
@@ -113,22 +113,11 @@ fn preboot(sock: &Path, seccomp: bool) -> u8 {
                 return exit_code(&exit);
             }
             Err(e) => {
-                log::warn!("API start failed: {}", chain(&e));
-                let _ = request.reply.send(Err(chain(&e)));
+                log::warn!("API start failed: {}", error_chain(&e));
+                let _ = request.reply.send(Err(error_chain(&e)));
             }
         }
     }
-}
-
-/// An error and its sources, one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    msg
 }
 
 /// What a process that runs one VM sets up before the start: the stop
@@ -269,6 +258,6 @@ fn fail(code: u8, e: &dyn std::error::Error) -> u8 {
     log::logger().flush();
     ember::terminal::restore_terminal();
     // Each message says what failed; its source says why.
-    eprintln!("ember: {}", chain(e));
+    eprintln!("ember: {}", error_chain(e));
     code
 }

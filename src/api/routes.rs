@@ -183,7 +183,7 @@ pub fn route(vm: &VmControl, id: &str, method: &str, path: &str, body: &[u8]) ->
                     );
                     Reply::no_content()
                 }
-                Err(e) => Reply::fault(format!("cannot create the snapshot: {}", chain(&e))),
+                Err(e) => Reply::fault(format!("cannot create the snapshot: {}", crate::error_chain(&e))),
             },
         },
         ("PUT", "/actions") => match parse::<Action>(body) {
@@ -203,18 +203,6 @@ pub fn route(vm: &VmControl, id: &str, method: &str, path: &str, body: &[u8]) ->
         },
         _ => Reply::fault(format!("Invalid request method and/or path: {method} {path}")),
     }
-}
-
-/// An error and its sources, one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The JSON body as `T`, or a 400 that says what is wrong with it.

@@ -346,8 +346,8 @@ pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
 pub fn install_or_log(kind: ThreadKind) {
     if let Err(e) = install(kind) {
         log::error!(
-            "{e}: {}; the thread runs without a filter",
-            std::error::Error::source(&e).map_or(String::new(), |s| s.to_string())
+            "{}; the thread runs without a filter",
+            crate::error_chain(&e)
         );
     }
 }
