@@ -47,11 +47,38 @@ pub(crate) fn build(config: &VmConfig) -> Result<Machine, Error> {
     check_memory_fits_host(config.memory)?;
     let disks = virtio_devices::open_disks(&config.disks)?;
     let nets = virtio_devices::open_nets(&config.nets)?;
+    // A container's shares are served (and its directories checked)
+    // before KVM is touched; its initramfs and arguments replace the
+    // config's for the boot.
+    let container = config
+        .container
+        .as_ref()
+        .map(crate::container::prepare)
+        .transpose()?;
+    let boot_config;
+    let boot = match &container {
+        Some(c) => {
+            boot_config = c.boot_config(config);
+            &boot_config
+        }
+        None => config,
+    };
     let host = Host::detect();
     let mem = memory::create_guest_memory(config.memory)?;
+    let (extra, container) = match container {
+        Some(c) => {
+            let (devices, handle, initramfs) = c.into_parts();
+            (devices, Some((handle, initramfs)))
+        }
+        None => (Vec::new(), None),
+    };
     // One list of virtio windows and IRQs feeds both the DSDT and the bus.
-    let virtio_slots: Vec<(u64, u32)> = (0..disks.len() + nets.len()).map(virtio_slot).collect();
-    let kernel = load_boot_payload(&mem, config, host, &virtio_slots)?;
+    let virtio_slots: Vec<(u64, u32)> = (0..disks.len() + nets.len() + extra.len())
+        .map(virtio_slot)
+        .collect();
+    let kernel = load_boot_payload(&mem, boot, host, &virtio_slots)?;
+    // The initramfs is in guest memory now.
+    let container = container.map(|(handle, _initramfs)| handle);
     let cr3 = regs::write_boot_tables(&mem)?;
     fault_point("load the boot payload")?;
 
@@ -87,13 +114,23 @@ pub(crate) fn build(config: &VmConfig) -> Result<Machine, Error> {
         mem,
         disks,
         nets,
+        extra,
         console: &config.console,
         paused: false,
         seccomp: config.seccomp,
     };
-    assemble(parts, None, |kvm, vm| {
+    let mut machine = assemble(parts, None, |kvm, vm| {
         create_vcpus(kvm, vm, config.cpus, host, kernel.entry, cr3)
-    })
+    })?;
+    machine.set_container(container);
+    Ok(machine)
+}
+
+/// A virtio device beyond the disks and interfaces (a container's): the
+/// name of the I/O thread of its own it is served on, if it gets one.
+pub(crate) struct ExtraDevice {
+    pub device: Box<dyn VirtioDevice>,
+    pub own_thread: Option<String>,
 }
 
 /// What a machine is made of, before KVM.
@@ -102,6 +139,8 @@ pub(crate) struct Parts<'a> {
     pub mem: GuestMemoryMmap,
     pub disks: Vec<Block>,
     pub nets: Vec<Net>,
+    /// After the disks and interfaces, in slot order.
+    pub extra: Vec<ExtraDevice>,
     pub console: &'a ConsoleMode,
     /// The vCPUs park before their first KVM_RUN until resumed.
     pub paused: bool,
@@ -129,10 +168,12 @@ pub(crate) fn assemble(
         mem,
         disks,
         nets,
+        extra,
         console,
         paused,
         seccomp,
     } = parts;
+    let unsaveable = !extra.is_empty();
     let (cpus, memory, pit) = (description.cpus, description.memory, description.pit);
     let kvm = Kvm::new().map_err(Error::OpenKvm)?;
     check_cpus_fit_kvm(&kvm, cpus)?;
@@ -165,37 +206,41 @@ pub(crate) fn assemble(
         saved.as_ref().map(|s| s.serial),
     )?;
     let mut manager = event_loop::new_manager().map_err(Error::host("create the event loop"))?;
-    let devices = disks
-        .into_iter()
-        .map(|d| (Box::new(d) as Box<dyn VirtioDevice>, true))
-        .chain(
-            nets.into_iter()
-                .map(|n| (Box::new(n) as Box<dyn VirtioDevice>, false)),
-        );
+    let disks = disks.into_iter().enumerate().map(|(i, d)| ExtraDevice {
+        device: Box::new(d),
+        own_thread: Some(format!("ember-disk{i}")),
+    });
+    let nets = nets.into_iter().map(|n| ExtraDevice {
+        device: Box::new(n),
+        own_thread: None,
+    });
     let mut attached = Vec::new();
-    for (index, (device, own_loop)) in devices.enumerate() {
+    for (index, ExtraDevice { device, own_thread }) in disks.chain(nets).chain(extra).enumerate() {
         let (base, irq) = virtio_slot(index);
         let slot = virtio_devices::Slot { index, base, irq };
         // A disk's queue is served on a loop of its own (see event_loop).
-        let mut worker = match own_loop {
-            true => Some(event_loop::new_manager().map_err(Error::host("create a disk's loop"))?),
-            false => None,
+        let mut worker = match own_thread {
+            Some(name) => Some((
+                name,
+                event_loop::new_manager().map_err(Error::host("create a device's loop"))?,
+            )),
+            None => None,
         };
         let (transport, server) = virtio_devices::attach(
             machine.vm_fd(),
             machine.memory(),
             &mut buses.mmio,
-            worker.as_mut().unwrap_or(&mut manager),
+            worker.as_mut().map_or(&mut manager, |(_, m)| m),
             slot,
             device,
             saved.as_ref().and_then(|s| s.virtio.get(index)),
         )?;
         machine.add_device(server.clone());
         attached.push((transport, server));
-        if let Some(worker) = worker {
+        if let Some((name, worker)) = worker {
             machine
-                .start_worker(format!("ember-disk{index}"), worker)
-                .map_err(Error::host("start a disk's I/O thread"))?;
+                .start_worker(name, worker)
+                .map_err(Error::host("start a device's I/O thread"))?;
         }
         log::info!("virtio device {index} at {base:#x}, IRQ {irq}");
     }
@@ -211,6 +256,7 @@ pub(crate) fn assemble(
         serial,
         virtio: attached,
         machine: description,
+        unsaveable,
     });
 
     vcpu::install_kick_handler().map_err(Error::host("install the vCPU kick signal"))?;

@@ -10,7 +10,8 @@ use crate::{parse_size, ConfigError, ConsoleMode, VmConfig};
 #[command(name = "ember", version, about = "A microVM monitor on Linux KVM")]
 pub struct Cli {
     /// Log what Ember does (the final kernel command line, devices); RUST_LOG works too.
-    #[arg(short, long, global = true)]
+    /// In a container run, also the guest's console on stderr.
+    #[arg(long, global = true)]
     pub verbose: bool,
     /// With no command: serve Firecracker's pre-boot API here (PUT
     /// /boot-source, /machine-config, /drives/ID, /network-interfaces/ID,
@@ -28,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Boot a Linux kernel with COM1 on this terminal. Quit with Ctrl-A x.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Pause a VM started with --api-sock (its vCPUs stop; devices finish what is queued).
     Pause(ApiArgs),
     /// Resume a paused VM started with --api-sock.
@@ -158,6 +159,51 @@ pub struct RunArgs {
     /// Seccomp filters on Ember's threads (on by default; `off` to debug).
     #[arg(long, value_enum, default_value = "on")]
     pub seccomp: Seccomp,
+    /// Run CMD (after `--`) in a container whose root is DIR, shared live
+    /// (written in place); DIR:O overlays it (writes stay in guest memory),
+    /// e.g. `ember run --rootfs ./alpine -- /bin/sh -c 'echo hi'`. Exit
+    /// status: CMD's (128+N if killed by signal N, 127 not found, 126 not
+    /// executable, 125 Ember's own failure).
+    #[arg(long, value_name = "DIR[:O]")]
+    pub rootfs: Option<String>,
+    /// An environment variable for CMD (repeatable), e.g. -e LANG=C.
+    #[arg(
+        short = 'e',
+        long = "env",
+        value_name = "KEY=VALUE",
+        requires = "rootfs"
+    )]
+    pub env: Vec<std::ffi::OsString>,
+    /// CMD's working directory in the guest (created if missing).
+    #[arg(
+        short = 'w',
+        long = "workdir",
+        value_name = "GUEST_DIR",
+        requires = "rootfs"
+    )]
+    pub workdir: Option<PathBuf>,
+    /// Share a host directory at GUEST_DIR (repeatable); `:ro` refuses
+    /// writes, e.g. -v ./data:/data:ro.
+    #[arg(
+        short = 'v',
+        long = "volume",
+        value_name = "HOST_DIR:GUEST_DIR[:ro]",
+        requires = "rootfs"
+    )]
+    pub volume: Vec<String>,
+    /// The container's hostname.
+    #[arg(long, value_name = "NAME", requires = "rootfs")]
+    pub hostname: Option<String>,
+    /// Where the guest's console goes in a container run (kernel and init
+    /// messages); written when the run ends.
+    #[arg(long, value_name = "FILE", requires = "rootfs")]
+    pub console_log: Option<PathBuf>,
+    /// A pseudo-terminal for CMD (not yet: CMD's streams are pipes).
+    #[arg(short = 't', long = "tty", requires = "rootfs")]
+    pub tty: bool,
+    /// CMD and its arguments, after `--`, for a container run.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 /// `--seccomp on|off`.
@@ -195,10 +241,57 @@ pub enum CliError {
     Config(#[from] ConfigError),
     #[error("no --kernel given and the guest kit kernel {0} is not built; build it with `make guest` (or pass --kernel PATH)")]
     NoKitKernel(PathBuf),
+    #[error("a command after `--` needs --rootfs DIR (the container's root)")]
+    CommandWithoutRootfs,
+    #[error("--rootfs needs a command after `--`, e.g. `ember run --rootfs DIR -- /bin/sh`")]
+    RootfsWithoutCommand,
+    #[error("--initrd: a container run boots Ember's own initramfs")]
+    InitrdWithRootfs,
+    #[error("-t: a pseudo-terminal for CMD is not supported yet (its streams are pipes)")]
+    TtyUnsupported,
+    #[error(transparent)]
+    Container(#[from] crate::container::ContainerConfigError),
 }
 
 impl RunArgs {
+    /// A container run (`--rootfs` or a command after `--`).
+    pub fn is_container(&self) -> bool {
+        self.rootfs.is_some() || !self.command.is_empty()
+    }
+
+    fn container(&self) -> Result<Option<crate::container::ContainerConfig>, CliError> {
+        use crate::container::{ContainerConfig, VolumeConfig};
+        let rootfs = match (&self.rootfs, self.command.is_empty()) {
+            (None, true) => return Ok(None),
+            (None, false) => return Err(CliError::CommandWithoutRootfs),
+            (Some(_), true) => return Err(CliError::RootfsWithoutCommand),
+            (Some(r), false) => r,
+        };
+        if self.initrd.is_some() {
+            return Err(CliError::InitrdWithRootfs);
+        }
+        if self.tty {
+            return Err(CliError::TtyUnsupported);
+        }
+        let (dir, overlay) = ContainerConfig::parse_rootfs(rootfs);
+        let mut c = ContainerConfig::new(dir, self.command.clone());
+        c.overlay = overlay;
+        c.env = self.env.clone();
+        c.workdir = self.workdir.clone();
+        c.volumes = self
+            .volume
+            .iter()
+            .map(|v| VolumeConfig::parse(v))
+            .collect::<Result<_, _>>()?;
+        if let Some(h) = &self.hostname {
+            c.hostname = h.clone();
+        }
+        c.validate()?;
+        Ok(Some(c))
+    }
+
     pub fn to_config(&self, kit: &Path) -> Result<VmConfig, CliError> {
+        let container = self.container()?;
         let (kernel, default_initrd) = match &self.kernel {
             Some(k) => (k.clone(), None),
             None => {
@@ -222,6 +315,7 @@ impl RunArgs {
             .iter()
             .map(|n| crate::config::NetConfig::parse(n))
             .collect::<Result<Vec<_>, _>>()?;
+        let default_initrd = default_initrd.filter(|_| container.is_none());
         let config = VmConfig {
             disks,
             nets,
@@ -230,9 +324,15 @@ impl RunArgs {
             cmdline: self.cmdline.clone(),
             cpus: self.cpus,
             memory,
-            console: ConsoleMode::Terminal,
+            console: match container {
+                // The guest's console is kept (for --console-log) and
+                // shown only with --verbose: stdout and stderr are CMD's.
+                Some(_) => ConsoleMode::Scripted { echo: false },
+                None => ConsoleMode::Terminal,
+            },
             pit: self.pit,
             seccomp: self.seccomp.on(),
+            container,
         };
         config.validate()?;
         Ok(config)
@@ -247,7 +347,7 @@ mod tests {
         let mut full = vec!["ember", "run"];
         full.extend(argv);
         match Cli::try_parse_from(full).unwrap().command {
-            Some(Command::Run(a)) => a,
+            Some(Command::Run(a)) => *a,
             other => panic!("not a run: {other:?}"),
         }
     }
@@ -321,6 +421,42 @@ mod tests {
         let c = args(&[]).to_config(&dir).unwrap();
         assert_eq!(c.kernel, dir.join("vmlinux"));
         assert_eq!(c.initrd, Some(dir.join("initramfs.cpio")));
+    }
+
+    #[test]
+    fn a_command_after_dashes_is_a_container_run() {
+        let kit = Path::new("/nowhere");
+        let a = args(&[
+            "--kernel", "k", "--rootfs", "/r:O", "-e", "A=1", "-w", "/work", "-v", "/h:/g:ro",
+            "--", "sh", "-c", "echo hi",
+        ]);
+        assert!(a.is_container());
+        let c = a.to_config(kit).unwrap();
+        let ct = c.container.unwrap();
+        assert_eq!(ct.rootfs, PathBuf::from("/r"));
+        assert!(ct.overlay);
+        assert_eq!(ct.command, ["sh", "-c", "echo hi"]);
+        assert_eq!(ct.env, ["A=1"]);
+        assert!(ct.volumes[0].read_only);
+        assert_eq!(c.initrd, None);
+        assert!(matches!(c.console, ConsoleMode::Scripted { .. }));
+        let e = args(&["--kernel", "k", "--", "sh"])
+            .to_config(kit)
+            .unwrap_err();
+        assert!(matches!(e, CliError::CommandWithoutRootfs), "{e}");
+        let e = args(&["--kernel", "k", "--rootfs", "/r"])
+            .to_config(kit)
+            .unwrap_err();
+        assert!(matches!(e, CliError::RootfsWithoutCommand), "{e}");
+        let e = args(&["--kernel", "k", "--rootfs", "/r", "-e", "X", "--", "sh"])
+            .to_config(kit)
+            .unwrap_err();
+        assert!(e.to_string().contains("\"X\""), "{e}");
+        assert!(
+            Cli::try_parse_from(["ember", "run", "-e", "A=1"]).is_err(),
+            "-e needs --rootfs"
+        );
+        assert!(!args(&[]).is_container());
     }
 
     #[test]

@@ -133,6 +133,10 @@ pub struct VmConfig {
     /// A seccomp filter on each of this VM's threads (src/seccomp): on by
     /// default; off only to debug.
     pub seccomp: bool,
+    /// Run a command in a container instead of the kernel's own init:
+    /// Ember's init, the root and volumes shared, CMD's streams on
+    /// Ember's (see [`crate::container`]). `initrd` is then Ember's own.
+    pub container: Option<crate::container::ContainerConfig>,
 }
 
 impl VmConfig {
@@ -149,7 +153,15 @@ impl VmConfig {
             nets: Vec::new(),
             pit: false,
             seccomp: true,
+            container: None,
         }
+    }
+
+    /// Virtio devices the VM gets: disks, interfaces and, for a
+    /// container, its console and one share per directory.
+    pub fn virtio_device_count(&self) -> usize {
+        let container = self.container.as_ref().map_or(0, |c| 2 + c.volumes.len());
+        self.disks.len() + self.nets.len() + container
     }
 
     /// Checks every field that can be checked without the host.
@@ -172,7 +184,10 @@ impl VmConfig {
         if self.memory % PAGE_SIZE != 0 {
             return Err(ConfigError::MemoryNotAligned { value: self.memory });
         }
-        let devices = self.disks.len() + self.nets.len();
+        if let Some(c) = &self.container {
+            c.validate()?;
+        }
+        let devices = self.virtio_device_count();
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices {
                 count: devices,
@@ -224,6 +239,8 @@ pub fn parse_size(text: &str) -> Result<u64, ConfigError> {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    #[error(transparent)]
+    Container(#[from] crate::container::ContainerConfigError),
     #[error("{flag}: the path is empty")]
     EmptyPath { flag: &'static str },
     #[error("--cpus {value}: must be between 1 and {max}")]

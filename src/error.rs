@@ -20,6 +20,8 @@ pub enum Error {
     #[error(transparent)]
     Disk(#[from] crate::virtio_devices::DiskError),
     #[error(transparent)]
+    Container(#[from] crate::container::ContainerError),
+    #[error(transparent)]
     Net(#[from] crate::virtio_devices::NetError),
     #[error(transparent)]
     Attach(#[from] crate::virtio_devices::AttachError),

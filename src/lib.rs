@@ -23,6 +23,7 @@ pub mod config;
 mod console;
 mod console_input;
 mod console_match;
+pub mod container;
 mod control;
 mod error;
 mod event_loop;

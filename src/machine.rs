@@ -69,6 +69,8 @@ pub(crate) struct Machine {
     kvm: Option<KvmParts>,
     /// Each thread of the machine installs its seccomp filter.
     seccomp: bool,
+    /// A container run's end and signals.
+    container: Option<crate::container::ContainerHandle>,
 }
 
 /// The KVM descriptors and the guest memory: closing the VM fd is the slow
@@ -113,6 +115,7 @@ impl Machine {
                 memory,
             }),
             seccomp: false,
+            container: None,
         }
     }
 
@@ -152,6 +155,14 @@ impl Machine {
     }
 
     /// A virtio transport to flush when the VM ends.
+    pub(crate) fn set_container(&mut self, handle: Option<crate::container::ContainerHandle>) {
+        self.container = handle;
+    }
+
+    pub(crate) fn container(&self) -> Option<&crate::container::ContainerHandle> {
+        self.container.as_ref()
+    }
+
     pub(crate) fn add_device(&mut self, device: QueueServer) {
         self.devices.push(device);
     }

@@ -7,7 +7,18 @@ use ember::cli::{kit_dir, Cli, Command};
 use ember::{error_chain, StopReason, StopSignals, Vm, VmExit};
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // A container run's own failures exit 125, as podman's do.
+            let container = std::env::args().any(|a| a == "--" || a.starts_with("--rootfs"));
+            if container && e.use_stderr() {
+                let _ = e.print();
+                std::process::exit(125);
+            }
+            e.exit()
+        }
+    };
     let level = if cli.verbose { "info" } else { "warn" };
     let mut logger =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level));
@@ -26,12 +37,13 @@ fn main() {
     if !seccomp {
         log::info!("seccomp filters are off (--seccomp off)");
     }
-    let code = run(cli);
+    let verbose = cli.verbose;
+    let code = run(cli, verbose);
     // Flushes the log; the VM's close, if one is held, ends elsewhere.
     ember::reaper::exit(code)
 }
 
-fn run(cli: Cli) -> u8 {
+fn run(cli: Cli, verbose: bool) -> u8 {
     let command = match (cli.command, cli.api_sock) {
         (Some(c), None) => c,
         (None, Some(sock)) => return preboot(&sock, cli.seccomp.on()),
@@ -48,6 +60,13 @@ fn run(cli: Cli) -> u8 {
         }
     };
     match command {
+        Command::Run(args) if args.is_container() => match args.to_config(&kit_dir()) {
+            Ok(mut config) => {
+                config.console = ember::ConsoleMode::Scripted { echo: verbose };
+                run_container(&config, args.console_log.as_deref())
+            }
+            Err(e) => fail(125, &e),
+        },
         Command::Run(args) => match args.to_config(&kit_dir()) {
             Ok(config) => serve(|| Vm::start(&config), args.api_sock.as_deref()),
             Err(e) => fail(2, &e),
@@ -175,6 +194,74 @@ fn serve(start: impl FnOnce() -> Result<Vm, ember::Error>, api_sock: Option<&Pat
     let exit = vm.wait();
     drop(vm);
     exit_code(&exit)
+}
+
+/// `ember run --rootfs DIR -- CMD`: CMD's exit status, podman's codes (125
+/// for Ember's own failure or the guest's); a stop signal goes to CMD
+/// first.
+fn run_container(config: &ember::VmConfig, console_log: Option<&Path>) -> u8 {
+    use ember::container::ContainerEnd;
+    // Opened before the VM (and the main thread's filter) starts.
+    let mut log_file = match console_log.map(std::fs::File::create).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!(
+                "ember: --console-log {}: {e}",
+                console_log.unwrap_or(Path::new("")).display()
+            );
+            return 125;
+        }
+    };
+    let signals = match prepare_to_run() {
+        Ok(s) => s,
+        Err(_) => return 125,
+    };
+    let mut vm = match Vm::start(config) {
+        Ok(vm) => vm,
+        Err(e) => return fail(125, &e),
+    };
+    if let Err(e) = filter_main(&vm) {
+        drop(vm);
+        return fail(125, &e);
+    }
+    vm.stop_on(signals);
+    let exit = vm.wait();
+    if let Some(f) = log_file.as_mut() {
+        use std::io::Write;
+        if let Err(e) = f.write_all(vm.console().transcript().as_bytes()) {
+            eprintln!("ember: --console-log: {e}");
+        }
+    }
+    let end = vm.container_end();
+    drop(vm);
+    log::logger().flush();
+    match (end, &exit) {
+        (Some(ContainerEnd::Exited(code)), VmExit::Poweroff | VmExit::Reboot) => code,
+        (_, VmExit::Stopped(StopReason::Signal(n))) => 128u8.saturating_add(*n as u8),
+        (Some(ContainerEnd::InitFailed(why)), _) => {
+            eprintln!("ember: the container's init failed: {why}");
+            125
+        }
+        (Some(ContainerEnd::StreamBroken(why)), _) => {
+            eprintln!("ember: the guest broke the container's stream ({why})");
+            125
+        }
+        (_, VmExit::Crash(c)) => {
+            eprintln!("ember: {c}");
+            125
+        }
+        (_, VmExit::HostError(_)) => {
+            eprintln!("ember: {exit}");
+            125
+        }
+        (Some(ContainerEnd::Exited(code)), _) => code,
+        (None, _) => {
+            eprintln!(
+                "ember: the VM ended ({exit:?}) before CMD's exit status came; see --console-log"
+            );
+            125
+        }
+    }
 }
 
 /// The main thread's own filter, once its VM runs (it only waits and

@@ -149,6 +149,7 @@ pub(crate) fn restore(config: &RestoreConfig) -> Result<Machine, Error> {
         mem,
         disks,
         nets,
+        extra: Vec::new(),
         console: &config.console,
         paused: !config.resume,
         seccomp: config.seccomp,

@@ -3,6 +3,7 @@
 //! IRQ (irqfd) and queue notifications (ioeventfds), and serves the queues
 //! on the event loop.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::fd::RawFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -171,6 +172,8 @@ pub struct Slot {
 
 /// Event data that marks the device's backend descriptor (a TAP).
 const BACKEND: u32 = u32::MAX;
+/// Event data of a host watch: this bit and the descriptor.
+const HOST_WATCH: u32 = 1 << 31;
 
 /// Serves one transport's queue notifications, and its backend descriptor
 /// while the device wants it, on the event loop.
@@ -181,9 +184,46 @@ struct QueueEvents {
     events: Vec<EventFd>,
     backend: Option<RawFd>,
     watching_backend: bool,
+    /// The device's host watches as registered: descriptor → writable.
+    host: BTreeMap<RawFd, EventSet>,
 }
 
 impl QueueEvents {
+    /// Registers what the device wants watched now, and only that.
+    fn update_host_watches(&mut self, ops: &mut EventOps) {
+        let mut want: BTreeMap<RawFd, EventSet> = BTreeMap::new();
+        for w in self.server.host_watches() {
+            let set = if w.writable {
+                EventSet::OUT
+            } else {
+                EventSet::IN
+            };
+            *want.entry(w.fd).or_insert(EventSet::empty()) |= set;
+        }
+        if want == self.host {
+            return;
+        }
+        let event = |fd: RawFd, set| Events::with_data_raw(fd, HOST_WATCH | fd as u32, set);
+        for (&fd, &set) in &self.host {
+            if !want.contains_key(&fd) {
+                if let Err(e) = ops.remove(event(fd, set)) {
+                    log::error!("virtio: cannot stop watching descriptor {fd}: {e}");
+                }
+            }
+        }
+        for (&fd, &set) in &want {
+            let r = match self.host.get(&fd) {
+                Some(&old) if old == set => Ok(()),
+                Some(_) => ops.modify(event(fd, set)),
+                None => ops.add(event(fd, set)),
+            };
+            if let Err(e) = r {
+                log::error!("virtio: cannot watch descriptor {fd}: {e}");
+            }
+        }
+        self.host = want;
+    }
+
     fn update_backend_watch(&mut self, ops: &mut EventOps) {
         let Some(fd) = self.backend else { return };
         let want = self.server.backend_wanted();
@@ -210,7 +250,9 @@ impl MutEventSubscriber for QueueEvents {
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let index = events.data();
-        if index == BACKEND {
+        if index != BACKEND && index & HOST_WATCH != 0 {
+            self.server.host_ready((index & !HOST_WATCH) as RawFd);
+        } else if index == BACKEND {
             let t = &self.server;
             // A deleted or detached TAP reports ERROR/HUP forever: the
             // device marks its backend failed and stops wanting it, so the
@@ -227,6 +269,7 @@ impl MutEventSubscriber for QueueEvents {
             self.server.process_queue(index as usize);
         }
         self.update_backend_watch(ops);
+        self.update_host_watches(ops);
     }
 }
 
@@ -292,6 +335,7 @@ pub fn attach(
             events,
             backend,
             watching_backend: false,
+            host: BTreeMap::new(),
         },
     );
     Ok((transport, server))

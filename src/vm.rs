@@ -25,7 +25,16 @@ pub struct Vm {
     console: Console,
     result: Option<VmExit>,
     signals: Option<StopSignals>,
+    /// A container run: its end, and CMD for the stop signals.
+    container: Option<crate::container::ContainerHandle>,
+    /// A stop signal forwarded to CMD, and when the VM is stopped if CMD
+    /// has not ended by then.
+    forwarded: Option<(i32, Instant)>,
 }
+
+/// How long CMD has to end after a stop signal Ember forwarded to it
+/// (podman's default stop timeout).
+pub const CONTAINER_STOP_GRACE: Duration = Duration::from_secs(10);
 
 impl Vm {
     /// Validates `config`, builds the VM and starts its vCPUs. On error
@@ -50,9 +59,11 @@ impl Vm {
             exit: machine.exit().clone(),
             control: machine.control().clone(),
             console: machine.console().console(),
+            container: machine.container().cloned(),
             machine: Some(machine),
             result: None,
             signals: None,
+            forwarded: None,
         })
     }
 
@@ -93,14 +104,36 @@ impl Vm {
             if let Some(r) = self.exit.reason() {
                 break r;
             }
+            if let Some((n, at)) = self.forwarded {
+                if Instant::now() >= at {
+                    log::warn!("CMD did not end within {CONTAINER_STOP_GRACE:?} of signal {n}: stopping the VM");
+                    self.exit.trigger(VmExit::Stopped(StopReason::Signal(n)));
+                    continue;
+                }
+            }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left == Some(Duration::ZERO) {
                 return None;
             }
+            let grace_left = self
+                .forwarded
+                .map(|(_, at)| at.saturating_duration_since(Instant::now()));
+            let left = match (left, grace_left) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let signal_fd = self.signals.as_ref().map(StopSignals::fd);
             wait_readable(self.exit.event_fd().as_raw_fd(), signal_fd, left);
             if let Some(n) = self.signals.as_ref().and_then(StopSignals::take) {
-                self.exit.trigger(VmExit::Stopped(StopReason::Signal(n)));
+                match (&self.container, self.forwarded) {
+                    // A container's CMD gets the signal first (a second
+                    // one stops the VM at once).
+                    (Some(c), None) => {
+                        c.signal(n);
+                        self.forwarded = Some((n, Instant::now() + CONTAINER_STOP_GRACE));
+                    }
+                    _ => self.exit.trigger(VmExit::Stopped(StopReason::Signal(n))),
+                }
             }
         };
         // Teardown: vCPUs kicked and joined, loops joined, disks flushed,
@@ -112,6 +145,20 @@ impl Vm {
         self.machine = None;
         self.result = Some(reason.clone());
         Some(reason)
+    }
+
+    /// How a container run's CMD ended (None: not a container run, or
+    /// its status never came: the VM ended first). Meaningful once the
+    /// VM has ended.
+    pub fn container_end(&self) -> Option<crate::container::ContainerEnd> {
+        self.container.as_ref().and_then(|c| c.end())
+    }
+
+    /// Sends a container run's CMD `signal` (nothing for a plain VM).
+    pub fn signal_container(&self, signal: i32) {
+        if let Some(c) = &self.container {
+            c.signal(signal);
+        }
     }
 
     /// Pauses the guest: returns once no vCPU runs guest code (devices

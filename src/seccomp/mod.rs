@@ -135,8 +135,13 @@ fn extra(kind: ThreadKind) -> Vec<Call> {
         ThreadKind::Vcpu => calls![SYS_ioctl, SYS_fcntl, SYS_read],
         // epoll; eventfds, TAP frames and stdin (read/readv/writev, recv
         // for a socket as stdin); stdin's flags and pending count (fcntl,
-        // ioctl FIONREAD).
+        // ioctl FIONREAD); a container's stdout or stderr that is a socket
+        // (sendto with MSG_DONTWAIT); a container's file server let go if
+        // its device is dropped here (shutdown of its socket, wait4).
         ThreadKind::EventLoop => calls![
+            SYS_wait4,
+            SYS_shutdown,
+            SYS_sendto,
             SYS_epoll_wait,
             SYS_epoll_pwait,
             SYS_epoll_ctl,
@@ -147,8 +152,12 @@ fn extra(kind: ThreadKind) -> Vec<Call> {
             SYS_fcntl,
             SYS_ioctl,
         ],
-        // epoll and eventfds; the image's reads, writes and syncs.
+        // epoll and eventfds; the image's reads, writes and syncs; a
+        // share's requests to its file server (read and write on its
+        // socket), and the server let go (shutdown, wait4).
         ThreadKind::DiskWorker => calls![
+            SYS_wait4,
+            SYS_shutdown,
             SYS_epoll_wait,
             SYS_epoll_pwait,
             SYS_epoll_ctl,
@@ -197,6 +206,8 @@ fn extra(kind: ThreadKind) -> Vec<Call> {
         // joins the threads, syncs the disks, restores the terminal
         // (ioctl, checked), removes the API socket, lets the holder
         // process go (close) and exits.
+        // A container's file servers are let go (shutdown of their
+        // sockets, wait4 for them to exit).
         // At exit the CLI forks its holder process (pipe2, clone with
         // fork's flags only, checked below), which names itself (prctl
         // PR_SET_NAME, checked), closes what it must not hold
@@ -204,6 +215,8 @@ fn extra(kind: ThreadKind) -> Vec<Call> {
         // child's robust futex list (set_robust_list); the signal routing
         // is undone (rt_sigaction).
         ThreadKind::Main => calls![
+            SYS_wait4,
+            SYS_shutdown,
             SYS_poll,
             SYS_ppoll,
             SYS_read,

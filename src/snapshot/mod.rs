@@ -28,6 +28,8 @@ use vm_state::{VmState, VmStateError};
 pub enum SnapshotError {
     #[error("the VM has ended")]
     Ended,
+    #[error("a container run has no snapshots yet: its host side (the shares' open files, the streams) is not saved")]
+    Container,
     #[error("cannot snapshot a running VM: pause it first")]
     NotPaused,
     #[error("cannot reach the paused vCPUs")]
@@ -112,6 +114,8 @@ pub(crate) struct SnapshotSource {
     /// Transports and their devices, in slot order.
     pub virtio: Vec<(Arc<Mutex<MmioTransport>>, QueueServer)>,
     pub machine: SavedMachine,
+    /// Devices with host state a snapshot cannot hold (a container's).
+    pub unsaveable: bool,
 }
 
 /// Writes a snapshot of the paused VM behind `source` and `gate`.
@@ -122,6 +126,9 @@ pub(crate) fn capture(
     mem_path: &Path,
 ) -> Result<SnapshotInfo, SnapshotError> {
     let start = Instant::now();
+    if source.unsaveable {
+        return Err(SnapshotError::Container);
+    }
     if same_file(state_path, mem_path) {
         return Err(SnapshotError::SamePath(state_path.to_path_buf()));
     }

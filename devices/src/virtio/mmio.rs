@@ -206,6 +206,20 @@ impl QueueServer {
         self.device().shutdown();
     }
 
+    /// Host descriptors to watch now (none unless running).
+    pub fn host_watches(&self) -> Vec<super::HostWatch> {
+        match self.running() {
+            true => self.device().host_watches(),
+            false => Vec::new(),
+        }
+    }
+
+    pub fn host_ready(&self, fd: std::os::fd::RawFd) {
+        if self.running() {
+            self.device().host_ready(fd);
+        }
+    }
+
     /// Locks the device: no queue work runs until the hold is dropped.
     pub fn hold(&self) -> HeldDevice<'_> {
         HeldDevice(self.device())

@@ -1,9 +1,11 @@
 //! Virtio devices over the virtio-mmio transport (virtio 1.x, "version 2").
 
 pub mod block;
+pub mod console;
 pub mod iov;
 pub mod mmio;
 pub mod net;
+pub mod p9;
 pub mod tap;
 
 use std::sync::Arc;
@@ -173,10 +175,26 @@ pub trait VirtioDevice: Send {
     }
     /// The event loop saw EPOLLERR or EPOLLHUP on `backend_fd`.
     fn backend_hangup(&mut self) {}
+    /// Host descriptors the device wants watched right now, besides
+    /// `backend_fd` (a console's stdin while the guest has room, its
+    /// stdout while a write waits). Empty while the device is not active.
+    fn host_watches(&self) -> Vec<HostWatch> {
+        Vec::new()
+    }
+    /// One of `host_watches` is ready (or in error: the device finds out
+    /// when it uses it).
+    fn host_ready(&mut self, _fd: std::os::fd::RawFd) {}
     /// The VM is ending (or the device is being dropped): make everything
     /// the guest wrote durable (a disk syncs its file). Callable in any
     /// state, more than once.
     fn shutdown(&mut self) {}
+}
+
+/// A host descriptor to watch, readable or writable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HostWatch {
+    pub fd: std::os::fd::RawFd,
+    pub writable: bool,
 }
 
 /// Why a device refused to start.
