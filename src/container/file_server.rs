@@ -279,3 +279,179 @@ fn serve(sock: RawFd, root: &CString, read_only: bool, parent: libc::pid_t) -> !
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! A hostile client: raw 9P2000.L messages a guest kernel could send,
+    //! whatever Linux's own client would.
+    use super::*;
+
+    const NOFID: u32 = u32::MAX;
+
+    fn string(s: &str) -> Vec<u8> {
+        let mut v = (s.len() as u16).to_le_bytes().to_vec();
+        v.extend_from_slice(s.as_bytes());
+        v
+    }
+
+    fn msg(ty: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = ((7 + body.len()) as u32).to_le_bytes().to_vec();
+        v.push(ty);
+        v.extend_from_slice(&1u16.to_le_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    /// (reply type, body).
+    fn call(s: &mut FileServer, ty: u8, body: &[u8]) -> (u8, Vec<u8>) {
+        let r = s.request(&msg(ty, body)).unwrap();
+        (r[4], r[7..].to_vec())
+    }
+
+    fn errno(reply: &(u8, Vec<u8>)) -> Option<u32> {
+        (reply.0 == 7).then(|| u32::from_le_bytes(reply.1[..4].try_into().unwrap()))
+    }
+
+    fn walk(s: &mut FileServer, fid: u32, newfid: u32, names: &[&str]) -> (u8, Vec<u8>) {
+        let mut b = fid.to_le_bytes().to_vec();
+        b.extend_from_slice(&newfid.to_le_bytes());
+        b.extend_from_slice(&(names.len() as u16).to_le_bytes());
+        for n in names {
+            b.extend(string(n));
+        }
+        call(s, 110, &b)
+    }
+
+    fn lopen(s: &mut FileServer, fid: u32, flags: u32) -> (u8, Vec<u8>) {
+        let mut b = fid.to_le_bytes().to_vec();
+        b.extend_from_slice(&flags.to_le_bytes());
+        call(s, 12, &b)
+    }
+
+    fn lcreate(s: &mut FileServer, fid: u32, name: &str) -> (u8, Vec<u8>) {
+        let mut b = fid.to_le_bytes().to_vec();
+        b.extend(string(name));
+        b.extend_from_slice(&(libc::O_RDWR as u32).to_le_bytes());
+        b.extend_from_slice(&0o644u32.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        call(s, 14, &b)
+    }
+
+    /// Version and attach fid 0; returns the root's qid.
+    fn attach(s: &mut FileServer) -> Vec<u8> {
+        let mut b = (64u32 * 1024 + 24).to_le_bytes().to_vec();
+        b.extend(string("9P2000.L"));
+        assert_eq!(call(s, 100, &b).0, 101);
+        let mut b = 0u32.to_le_bytes().to_vec();
+        b.extend_from_slice(&NOFID.to_le_bytes());
+        b.extend(string("root"));
+        b.extend(string(""));
+        b.extend_from_slice(&0u32.to_le_bytes());
+        let (ty, qid) = call(s, 104, &b);
+        assert_eq!(ty, 105, "Rattach");
+        qid
+    }
+
+    fn require_root() {
+        // SAFETY: getuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::getuid() },
+            0,
+            "this test needs root (a mount namespace)"
+        );
+    }
+
+    fn share(name: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("ember-9p-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let share = dir.join("share");
+        std::fs::create_dir_all(&share).unwrap();
+        std::fs::write(dir.join("outside"), b"secret").unwrap();
+        std::fs::write(share.join("f"), b"inside").unwrap();
+        std::os::unix::fs::symlink("/etc", share.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../outside", share.join("rel")).unwrap();
+        (dir, share)
+    }
+
+    #[test]
+    #[ignore = "needs root (a mount namespace of its own): make test runs it"]
+    fn a_hostile_client_stays_inside_the_share() {
+        require_root();
+        let (dir, share) = share("boundary");
+        let node = CString::new(share.join("null").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(
+            unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) },
+            0
+        );
+        let mut s = FileServer::start(&share, false).unwrap();
+        let root = attach(&mut s);
+        // `..` of the root is the root.
+        let up = walk(&mut s, 0, 1, &[".."]);
+        assert_eq!(up.0, 111, "Rwalk");
+        assert_eq!(&up.1[2..15], &root[..13], "/.. is /");
+        // Up and out by name: never reaches the outside file.
+        let out = walk(&mut s, 0, 2, &["..", "..", "outside"]);
+        assert!(
+            out.0 == 7 || u16::from_le_bytes([out.1[0], out.1[1]]) < 3,
+            "{out:?}"
+        );
+        // A name with a slash in it, out of the share.
+        let slash = walk(&mut s, 0, 3, &["../outside"]);
+        assert_eq!(errno(&slash), Some(libc::ENOENT as u32), "{slash:?}");
+        // Symlinks are never followed by the server.
+        for (fid, names) in [(4, &["abs", "passwd"][..]), (5, &["rel"][..])] {
+            let w = walk(&mut s, 0, fid, names);
+            if w.0 == 111 && names.len() == 1 {
+                assert_ne!(
+                    lopen(&mut s, fid, libc::O_RDONLY as u32).0,
+                    13,
+                    "opened a symlink"
+                );
+            } else {
+                assert!(
+                    w.0 == 7 || u16::from_le_bytes([w.1[0], w.1[1]]) < 2,
+                    "{w:?}"
+                );
+            }
+        }
+        // A device node planted in the share cannot be opened: nodev.
+        assert_eq!(walk(&mut s, 0, 6, &["null"]).0, 111);
+        assert_eq!(
+            errno(&lopen(&mut s, 6, libc::O_RDWR as u32)),
+            Some(libc::EACCES as u32)
+        );
+        // What is inside is served.
+        assert_eq!(walk(&mut s, 0, 7, &["f"]).0, 111);
+        assert_eq!(lopen(&mut s, 7, libc::O_RDONLY as u32).0, 13, "Rlopen");
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    #[ignore = "needs root (a mount namespace of its own): make test runs it"]
+    fn a_read_only_share_refuses_writes_on_the_host() {
+        require_root();
+        let (dir, share) = share("ro");
+        let mut s = FileServer::start(&share, true).unwrap();
+        attach(&mut s);
+        assert_eq!(walk(&mut s, 0, 1, &[]).0, 111);
+        assert_eq!(errno(&lcreate(&mut s, 1, "new")), Some(libc::EROFS as u32));
+        assert_eq!(walk(&mut s, 0, 2, &["f"]).0, 111);
+        assert_eq!(
+            errno(&lopen(&mut s, 2, libc::O_RDWR as u32)),
+            Some(libc::EROFS as u32)
+        );
+        assert!(!share.join("new").exists());
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_directory_is_named() {
+        let e = FileServer::start(Path::new("/nonexistent/ember-share"), false)
+            .err()
+            .expect("no such directory");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+}
