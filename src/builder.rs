@@ -55,6 +55,29 @@ pub(crate) fn build(config: &VmConfig) -> Result<Machine, Error> {
         .as_ref()
         .map(crate::container::prepare)
         .transpose()?;
+    build_with(config, disks, nets, container)
+}
+
+/// A container template's boot (src/container/template.rs): `config`
+/// without a container, `container` its prepared host side.
+pub(crate) fn build_template(
+    config: &VmConfig,
+    container: crate::container::Prepared,
+) -> Result<Machine, Error> {
+    config.validate()?;
+    check_memory_fits_host(config.memory)?;
+    build_with(config, Vec::new(), Vec::new(), Some(container))
+}
+
+fn build_with(
+    config: &VmConfig,
+    disks: Vec<Block>,
+    nets: Vec<Net>,
+    container: Option<crate::container::Prepared>,
+) -> Result<Machine, Error> {
+    // A template's snapshot is its point; a run's host side cannot be saved.
+    let template_shares = container.as_ref().and_then(|c| c.template_shares());
+    let unsaveable = container.is_some() && template_shares.is_none();
     let boot_config;
     let boot = match &container {
         Some(c) => {
@@ -108,6 +131,7 @@ pub(crate) fn build(config: &VmConfig) -> Result<Machine, Error> {
             })
             .collect(),
         emulating: host.is_emulating(),
+        container_shares: template_shares,
     };
     let parts = Parts {
         machine: saved,
@@ -115,6 +139,7 @@ pub(crate) fn build(config: &VmConfig) -> Result<Machine, Error> {
         disks,
         nets,
         extra,
+        unsaveable,
         console: &config.console,
         paused: false,
         seccomp: config.seccomp,
@@ -141,6 +166,8 @@ pub(crate) struct Parts<'a> {
     pub nets: Vec<Net>,
     /// After the disks and interfaces, in slot order.
     pub extra: Vec<ExtraDevice>,
+    /// Snapshots are refused (a container run's host side).
+    pub unsaveable: bool,
     pub console: &'a ConsoleMode,
     /// The vCPUs park before their first KVM_RUN until resumed.
     pub paused: bool,
@@ -169,11 +196,11 @@ pub(crate) fn assemble(
         disks,
         nets,
         extra,
+        unsaveable,
         console,
         paused,
         seccomp,
     } = parts;
-    let unsaveable = !extra.is_empty();
     let (cpus, memory, pit) = (description.cpus, description.memory, description.pit);
     let kvm = Kvm::new().map_err(Error::OpenKvm)?;
     check_cpus_fit_kvm(&kvm, cpus)?;

@@ -198,6 +198,10 @@ pub struct RunArgs {
     /// messages); written when the run ends.
     #[arg(long, value_name = "FILE", requires = "rootfs")]
     pub console_log: Option<PathBuf>,
+    /// Boot the guest kernel for this container run instead of restoring
+    /// the cached template of a booted init (made by the first run).
+    #[arg(long, requires = "rootfs")]
+    pub boot: bool,
     /// A pseudo-terminal for CMD (not yet: CMD's streams are pipes).
     #[arg(short = 't', long = "tty", requires = "rootfs")]
     pub tty: bool,

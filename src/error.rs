@@ -22,6 +22,8 @@ pub enum Error {
     #[error(transparent)]
     Container(#[from] crate::container::ContainerError),
     #[error(transparent)]
+    Template(#[from] crate::container::TemplateError),
+    #[error(transparent)]
     Net(#[from] crate::virtio_devices::NetError),
     #[error(transparent)]
     Attach(#[from] crate::virtio_devices::AttachError),

@@ -63,7 +63,11 @@ fn run(cli: Cli, verbose: bool) -> u8 {
         Command::Run(args) if args.is_container() => match args.to_config(&kit_dir()) {
             Ok(mut config) => {
                 config.console = ember::ConsoleMode::Scripted { echo: verbose };
-                run_container(&config, args.console_log.as_deref())
+                let mode = match args.boot {
+                    true => ember::container::StartMode::Boot,
+                    false => ember::container::StartMode::Template,
+                };
+                run_container(&config, mode, args.console_log.as_deref())
             }
             Err(e) => fail(125, &e),
         },
@@ -199,7 +203,11 @@ fn serve(start: impl FnOnce() -> Result<Vm, ember::Error>, api_sock: Option<&Pat
 /// `ember run --rootfs DIR -- CMD`: CMD's exit status, podman's codes (125
 /// for Ember's own failure or the guest's); a stop signal goes to CMD
 /// first.
-fn run_container(config: &ember::VmConfig, console_log: Option<&Path>) -> u8 {
+fn run_container(
+    config: &ember::VmConfig,
+    mode: ember::container::StartMode,
+    console_log: Option<&Path>,
+) -> u8 {
     use ember::container::ContainerEnd;
     // Opened before the VM (and the main thread's filter) starts.
     let mut log_file = match console_log.map(std::fs::File::create).transpose() {
@@ -216,7 +224,7 @@ fn run_container(config: &ember::VmConfig, console_log: Option<&Path>) -> u8 {
         Ok(s) => s,
         Err(_) => return 125,
     };
-    let mut vm = match Vm::start(config) {
+    let mut vm = match ember::container::start(config, mode) {
         Ok(vm) => vm,
         Err(e) => return fail(125, &e),
     };

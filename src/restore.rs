@@ -36,6 +36,9 @@ pub struct RestoreConfig {
     pub resume: bool,
     /// Seccomp filters on the VM's threads (as `VmConfig::seccomp`).
     pub seccomp: bool,
+    /// The run for a container template's snapshot (its init waits for
+    /// a command): required for one, refused for any other.
+    pub container: Option<crate::container::ContainerConfig>,
 }
 
 impl RestoreConfig {
@@ -48,6 +51,7 @@ impl RestoreConfig {
             nets: None,
             resume: true,
             seccomp: true,
+            container: None,
         }
     }
 }
@@ -94,6 +98,10 @@ pub enum RestoreError {
     },
     #[error("{path}: this host's CPU lacks features the snapshot's guest uses: {missing}")]
     CpuFeatures { path: PathBuf, missing: String },
+    #[error("{path}: a container template restores only with a command to run")]
+    TemplateWithoutCommand { path: PathBuf },
+    #[error("{path}: not a container template: it cannot run a command")]
+    CommandWithoutTemplate { path: PathBuf },
 }
 
 /// Builds the snapshot's VM and starts its threads; the vCPUs run the
@@ -119,6 +127,20 @@ pub(crate) fn restore(config: &RestoreConfig) -> Result<Machine, Error> {
         }
     }
     let nets = virtio_devices::open_nets(&net_configs)?;
+    let (extra, container) = match (m.container_shares, &config.container) {
+        (Some(slots), Some(c)) => {
+            c.validate().map_err(crate::config::ConfigError::from)?;
+            let (devices, handle) = crate::container::attach_to_template(c, slots)?;
+            (devices, Some(handle))
+        }
+        (None, None) => (Vec::new(), None),
+        (Some(_), None) => {
+            return Err(RestoreError::TemplateWithoutCommand { path: path.clone() }.into())
+        }
+        (None, Some(_)) => {
+            return Err(RestoreError::CommandWithoutTemplate { path: path.clone() }.into())
+        }
+    };
     let mem = memory_file::map(
         &config.memory,
         &memory::ram_ranges(m.memory),
@@ -149,7 +171,8 @@ pub(crate) fn restore(config: &RestoreConfig) -> Result<Machine, Error> {
         mem,
         disks,
         nets,
-        extra: Vec::new(),
+        unsaveable: !extra.is_empty(),
+        extra,
         console: &config.console,
         paused: !config.resume,
         seccomp: config.seccomp,
@@ -160,7 +183,7 @@ pub(crate) fn restore(config: &RestoreConfig) -> Result<Machine, Error> {
         virtio: &snap.virtio,
     };
     let cpus = snap.machine.cpus;
-    let machine = builder::assemble(parts, Some(saved), |kvm, vm| {
+    let mut machine = builder::assemble(parts, Some(saved), |kvm, vm| {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(Error::kvm("read the supported CPUID"))?;
@@ -197,6 +220,7 @@ pub(crate) fn restore(config: &RestoreConfig) -> Result<Machine, Error> {
         }
         Ok(fds)
     })?;
+    machine.set_container(container);
     // bench/snapshot.py times a restore up to this line.
     log::info!(
         "restored {}: {cpus} vCPU threads started ({})",
@@ -243,7 +267,8 @@ fn check_consistent(snap: &Snapshot, path: &std::path::Path) -> Result<(), Resto
     if snap.vcpus.len() != usize::from(m.cpus) {
         return Err(inconsistent("vCPU states", m.cpus.into(), snap.vcpus.len()));
     }
-    let devices = m.disks.len() + m.nets.len();
+    let container = m.container_shares.map_or(0, |n| 1 + usize::from(n));
+    let devices = m.disks.len() + m.nets.len() + container;
     if snap.virtio.len() != devices {
         return Err(inconsistent("virtio devices", devices, snap.virtio.len()));
     }

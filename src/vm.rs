@@ -54,6 +54,20 @@ impl Vm {
         Self::own(crate::restore::restore(config)?)
     }
 
+    /// Boots a container template (src/container/template.rs).
+    pub(crate) fn start_template(
+        config: &VmConfig,
+        container: crate::container::Prepared,
+    ) -> Result<Vm, Error> {
+        crate::reaper::before_start();
+        Self::own(crate::builder::build_template(config, container)?)
+    }
+
+    /// A container guest's init has said it is ready for its command.
+    pub(crate) fn container_ready(&self) -> bool {
+        self.container.as_ref().is_some_and(|c| c.init_ready())
+    }
+
     fn own(mut machine: Machine) -> Result<Vm, Error> {
         Ok(Self {
             exit: machine.exit().clone(),

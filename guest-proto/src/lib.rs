@@ -1,28 +1,29 @@
 //! What Ember and its container init (`ember-init`, PID 1 of a container
 //! guest) say to each other.
 //!
-//! - The **spec** (what to run, how) is a file in the initramfs Ember
-//!   builds for the run: arguments and environment of any size and bytes,
-//!   never through the kernel's 2 KiB command line.
 //! - The **stream** is one virtio-console port named [`PORT_NAME`]: a
 //!   byte stream each way carrying COBS-framed postcard messages
 //!   ([`FromGuest`], [`ToGuest`]). CMD's stdout and stderr are separate
 //!   messages, so they stay separate and byte-exact; stdin's end is a
 //!   message of its own; so is the exit status, which the host answers
 //!   with [`ToGuest::Done`] once everything before it is written out.
+//! - The init starts by saying [`FromGuest::Ready`]; the host answers with
+//!   the **spec** (what to run, how), in [`ToGuest::Spec`] chunks and a
+//!   [`ToGuest::SpecEnd`]: arguments and environment of any size and bytes,
+//!   never through the kernel's 2 KiB command line. The initramfs is the
+//!   same for every run, so a booted init waiting for its spec can be
+//!   snapshotted once and restored for each run.
 
 use serde::{Deserialize, Serialize};
 
 /// The virtio-console port the stream runs on (its sysfs `name`).
 pub const PORT_NAME: &str = "ember.stream";
-/// Where the spec is in the initramfs.
-pub const SPEC_PATH: &str = "/ember/spec";
 /// Largest data payload of one Stdin/Stdout/Stderr message.
 pub const MAX_CHUNK: usize = 16 * 1024;
 /// Largest encoded message (a chunk, its header, COBS overhead and the
 /// terminating zero), and so the decoder's buffer.
 pub const MAX_FRAME: usize = MAX_CHUNK + MAX_CHUNK / 254 + 64;
-/// Largest spec file the init reads.
+/// Largest encoded spec the init takes.
 pub const MAX_SPEC: usize = 4 << 20;
 
 /// What to run and how.
@@ -61,6 +62,8 @@ pub struct Volume {
 /// Guest → host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FromGuest {
+    /// The init runs and has the stream open: it waits for its spec.
+    Ready,
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
     /// CMD ended with this status (podman's codes: its own 0-255, 128+N
@@ -73,6 +76,10 @@ pub enum FromGuest {
 /// Host → guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToGuest {
+    /// A piece (at most [`MAX_CHUNK`] bytes) of the postcard-encoded spec.
+    Spec(Vec<u8>),
+    /// The spec is whole.
+    SpecEnd,
     Stdin(Vec<u8>),
     /// End of Ember's stdin: CMD's stdin reads end of file.
     StdinEof,
@@ -80,6 +87,16 @@ pub enum ToGuest {
     Signal(i32),
     /// Everything before `Exited` is written out: the init may power off.
     Done,
+}
+
+/// The spec as the messages that carry it.
+pub fn spec_messages(spec: &Spec) -> Vec<ToGuest> {
+    let bytes = postcard::to_stdvec(spec).unwrap_or_default();
+    bytes
+        .chunks(MAX_CHUNK)
+        .map(|c| ToGuest::Spec(c.to_vec()))
+        .chain(std::iter::once(ToGuest::SpecEnd))
+        .collect()
 }
 
 /// One message, COBS-framed (it ends with its zero byte).
@@ -158,6 +175,31 @@ mod tests {
             }
             assert_eq!(got, msgs, "chunks of {step}");
         }
+    }
+
+    #[test]
+    fn a_big_spec_crosses_in_chunks() {
+        let spec = Spec {
+            args: vec![vec![b'x'; 100_000], b"".to_vec()],
+            env: vec![b"K=v".to_vec()],
+            workdir: None,
+            hostname: "h".into(),
+            root: RootShare {
+                tag: "r".into(),
+                overlay: false,
+            },
+            volumes: Vec::new(),
+        };
+        let msgs = spec_messages(&spec);
+        assert_eq!(msgs.last(), Some(&ToGuest::SpecEnd));
+        let mut bytes = Vec::new();
+        for m in &msgs {
+            assert!(encode(m).len() <= MAX_FRAME);
+            if let ToGuest::Spec(c) = m {
+                bytes.extend_from_slice(c);
+            }
+        }
+        assert_eq!(postcard::from_bytes::<Spec>(&bytes).unwrap(), spec);
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod spawn;
 use std::fs::File;
 use std::io::Write;
 
-use ember_guest_proto::{encode, FromGuest, Spec, MAX_SPEC, SPEC_PATH};
+use ember_guest_proto::{encode, FromGuest, Spec};
 
 fn main() {
     if std::process::id() != 1 {
@@ -23,10 +23,11 @@ fn main() {
         std::process::exit(2);
     }
     let port = relay::open_port();
-    let failure = match (&port, read_spec()) {
-        (Ok(port), Ok(spec)) => run(port, &spec).err(),
-        (Err(e), _) => Some(e.clone()),
-        (_, Err(e)) => Some(e),
+    let failure = match &port {
+        Ok(port) => relay::receive_spec(port)
+            .and_then(|got| run(port, got))
+            .err(),
+        Err(e) => Some(e.clone()),
     };
     if let Some(why) = failure {
         // Where the stream is not there, the console (and the host's
@@ -40,19 +41,28 @@ fn main() {
     power_off();
 }
 
-fn read_spec() -> Result<Spec, String> {
-    let bytes = std::fs::read(SPEC_PATH).map_err(|e| format!("cannot read {SPEC_PATH}: {e}"))?;
-    if bytes.len() > MAX_SPEC {
-        return Err(format!("{SPEC_PATH} is over {MAX_SPEC} bytes"));
+/// A line in the kernel's log, at KERN_INFO: on the console (and so in
+/// Ember's --console-log) with the kernel's timestamp when the log level
+/// shows it, for timing a run's parts.
+fn note(kmsg: &mut Option<File>, what: &str) {
+    if let Some(k) = kmsg {
+        let _ = k.write_all(format!("<6>ember-init: {what}\n").as_bytes());
     }
-    postcard::from_bytes(&bytes).map_err(|e| format!("{SPEC_PATH} is no spec: {e}"))
 }
 
-fn run(port: &File, spec: &Spec) -> Result<(), String> {
+fn run(port: &File, got: relay::Received) -> Result<(), String> {
+    let spec: &Spec = &got.spec;
+    let mut kmsg = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .ok();
+    note(&mut kmsg, "mounting the shares");
     mounts::prepare_root(spec)?;
     let sigchld = relay::child_signals()?;
+    note(&mut kmsg, "starting CMD");
     let child = spawn::start(spec)?;
-    let status = relay::relay(port, child, sigchld)?;
+    let status = relay::relay(port, child, sigchld, got)?;
+    note(&mut kmsg, &format!("CMD ended ({status}), output drained"));
     let mut p = port.try_clone().map_err(|e| format!("port: {e}"))?;
     p.write_all(&encode(&FromGuest::Exited(status)))
         .map_err(|e| format!("cannot report the exit status: {e}"))?;

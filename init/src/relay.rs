@@ -6,7 +6,9 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use ember_guest_proto::{encode, Decoder, FromGuest, ToGuest, MAX_CHUNK, PORT_NAME};
+use ember_guest_proto::{
+    encode, Decoder, FromGuest, Spec, ToGuest, MAX_CHUNK, MAX_SPEC, PORT_NAME,
+};
 
 use crate::check;
 use crate::spawn::Child;
@@ -72,6 +74,54 @@ pub(crate) fn open_port() -> Result<File, String> {
     Ok(port)
 }
 
+/// The spec, and what came after it on the stream.
+pub(crate) struct Received {
+    pub spec: Spec,
+    decoder: Decoder,
+    early: Vec<ToGuest>,
+}
+
+/// Says Ready and reads the spec.
+pub(crate) fn receive_spec(port: &File) -> Result<Received, String> {
+    let mut p = port.try_clone().map_err(|e| format!("port: {e}"))?;
+    p.write_all(&encode(&FromGuest::Ready))
+        .map_err(|e| format!("port write: {e}"))?;
+    let mut decoder = Decoder::new();
+    let mut bytes = Vec::new();
+    let mut early = Vec::new();
+    let mut whole = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    while !whole {
+        let n = p.read(&mut buf).map_err(|e| format!("port read: {e}"))?;
+        if n == 0 {
+            return Err("the host closed the stream before the spec came".into());
+        }
+        let mut too_big = false;
+        decoder
+            .feed(&buf[..n], |m: ToGuest| match m {
+                ToGuest::Spec(c) if !whole => {
+                    too_big |= bytes.len() + c.len() > MAX_SPEC;
+                    if !too_big {
+                        bytes.extend_from_slice(&c);
+                    }
+                }
+                ToGuest::SpecEnd if !whole => whole = true,
+                other => early.push(other),
+            })
+            .map_err(|e| format!("the host's stream is broken: {e:?}"))?;
+        if too_big {
+            return Err(format!("the spec is over {MAX_SPEC} bytes"));
+        }
+    }
+    let spec =
+        postcard::from_bytes(&bytes).map_err(|e| format!("the spec does not decode: {e}"))?;
+    Ok(Received {
+        spec,
+        decoder,
+        early,
+    })
+}
+
 /// SIGCHLD as a descriptor (blocked first, so none is lost).
 pub(crate) fn child_signals() -> Result<OwnedFd, String> {
     // SAFETY: a zeroed sigset is valid input for sigemptyset; the fd is new.
@@ -110,16 +160,24 @@ fn read_some(fd: RawFd, buf: &mut [u8]) -> isize {
 /// Relays until CMD has ended and its output is drained; returns its
 /// exit code. Orphans are reaped as they end; once CMD ends, whatever is
 /// left is killed (a container ends with its command).
-pub(crate) fn relay(port: &File, mut child: Child, sigchld: OwnedFd) -> Result<u8, String> {
+pub(crate) fn relay(
+    port: &File,
+    mut child: Child,
+    sigchld: OwnedFd,
+    got: Received,
+) -> Result<u8, String> {
     let mut out = port.try_clone().map_err(|e| format!("port: {e}"))?;
     let mut input = port.try_clone().map_err(|e| format!("port: {e}"))?;
     if let Some(s) = &child.stdin {
         // SAFETY: fcntl on a descriptor this function owns.
         unsafe { libc::fcntl(s.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
     }
-    let mut decoder = Decoder::new();
+    let Received {
+        mut decoder, early, ..
+    } = got;
     let mut pending: Vec<u8> = Vec::new();
     let mut stdin_eof = false;
+    let mut held = early;
     let mut status: Option<u8> = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -153,11 +211,14 @@ pub(crate) fn relay(port: &File, mut child: Child, sigchld: OwnedFd) -> Result<u
             events: libc::POLLIN,
             revents: 0,
         });
+        // Messages that came with the spec are handled without waiting.
+        let timeout = if held.is_empty() { -1 } else { 0 };
         // SAFETY: fds is a valid array of fds.len() pollfds.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if r == -1 {
             continue;
         }
+        let mut messages = std::mem::take(&mut held);
         if fds[0].revents != 0 {
             let n = input
                 .read(&mut buf)
@@ -165,18 +226,19 @@ pub(crate) fn relay(port: &File, mut child: Child, sigchld: OwnedFd) -> Result<u
             if n == 0 {
                 return Err("the host closed the stream".into());
             }
-            let mut signals = Vec::new();
             decoder
-                .feed(&buf[..n], |m: ToGuest| match m {
-                    ToGuest::Stdin(d) if child.stdin.is_some() => pending.extend_from_slice(&d),
-                    ToGuest::Stdin(_) | ToGuest::Done => {}
-                    ToGuest::StdinEof => stdin_eof = true,
-                    ToGuest::Signal(s) => signals.push(s),
-                })
+                .feed(&buf[..n], |m: ToGuest| messages.push(m))
                 .map_err(|e| format!("the host's stream is broken: {e:?}"))?;
-            for s in signals {
+        }
+        for m in messages {
+            match m {
+                ToGuest::Stdin(d) if child.stdin.is_some() => pending.extend_from_slice(&d),
+                ToGuest::StdinEof => stdin_eof = true,
                 // SAFETY: kill takes no pointers.
-                unsafe { libc::kill(child.pid, s) };
+                ToGuest::Signal(s) => unsafe {
+                    libc::kill(child.pid, s);
+                },
+                ToGuest::Stdin(_) | ToGuest::Done | ToGuest::Spec(_) | ToGuest::SpecEnd => {}
             }
         }
         for (i, stream) in [(1, &mut child.stdout), (2, &mut child.stderr)] {

@@ -183,6 +183,14 @@ fn volume_tag(i: usize) -> String {
     format!("ember-vol{i}")
 }
 
+/// The tag of share `i`: the root, then the volumes.
+pub(crate) fn share_tag(i: usize) -> String {
+    match i {
+        0 => ROOT_TAG.to_string(),
+        n => volume_tag(n - 1),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContainerConfigError {
     #[error("no command to run: give one after `--`")]

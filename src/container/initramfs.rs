@@ -1,6 +1,7 @@
-//! The container guest's initramfs, built for each run in memory: Ember's
-//! init as `/init`, the run's spec, and `/dev/console` (the kernel opens
-//! it as the init's stdin, stdout and stderr).
+//! The container guest's initramfs, built in memory: Ember's init as
+//! `/init` and `/dev/console` (the kernel opens it as the init's stdin,
+//! stdout and stderr). The same for every run: the spec comes over the
+//! stream.
 
 use std::fs::File;
 use std::io::{Cursor, Seek, Write};
@@ -8,10 +9,14 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::PathBuf;
 
 use cpio::NewcBuilder;
-use ember_guest_proto::{Spec, SPEC_PATH};
 
 /// Ember's own init, built static by build.rs from init/.
 static INIT: &[u8] = include_bytes!(env!("EMBER_INIT_PATH"));
+
+/// The init's bytes (part of a template's key).
+pub(crate) fn init_bytes() -> &'static [u8] {
+    INIT
+}
 
 /// An initramfs in an anonymous memory file; its path (through
 /// /proc/self/fd) is valid while it lives.
@@ -20,8 +25,7 @@ pub(crate) struct Initramfs {
 }
 
 impl Initramfs {
-    pub(crate) fn build(spec: &Spec) -> std::io::Result<Self> {
-        let spec_bytes = postcard::to_stdvec(spec).map_err(std::io::Error::other)?;
+    pub(crate) fn build() -> std::io::Result<Self> {
         let name = c"ember-initramfs";
         // SAFETY: name is NUL-terminated; the descriptor is new and ours.
         let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
@@ -31,7 +35,6 @@ impl Initramfs {
         // SAFETY: memfd_create just returned fd, owned by nobody else.
         let mut file = unsafe { File::from_raw_fd(fd) };
         let dir = |name: &str| (NewcBuilder::new(name).mode(0o040755), Cursor::new(&[][..]));
-        let spec_path = SPEC_PATH.trim_start_matches('/');
         let entries = vec![
             dir("dev"),
             (
@@ -42,11 +45,6 @@ impl Initramfs {
                 Cursor::new(&[][..]),
             ),
             (NewcBuilder::new("init").mode(0o100755), Cursor::new(INIT)),
-            dir("ember"),
-            (
-                NewcBuilder::new(spec_path).mode(0o100644),
-                Cursor::new(&spec_bytes[..]),
-            ),
         ];
         let mut out = std::io::BufWriter::new(&mut file);
         cpio::write_cpio(entries.into_iter(), &mut out)?;
@@ -67,9 +65,8 @@ mod tests {
     use std::io::Read;
 
     #[test]
-    fn the_archive_holds_init_spec_and_console() {
-        let spec = crate::container::ContainerConfig::new("/r", vec!["true".into()]).spec();
-        let r = Initramfs::build(&spec).unwrap();
+    fn the_archive_holds_init_and_console() {
+        let r = Initramfs::build().unwrap();
         let mut bytes = Vec::new();
         File::open(r.path())
             .unwrap()
@@ -87,10 +84,6 @@ mod tests {
             let mut data = Vec::new();
             let mut entry = entry;
             entry.read_to_end(&mut data).unwrap();
-            if name == "ember/spec" {
-                let back: Spec = postcard::from_bytes(&data).unwrap();
-                assert_eq!(back, spec);
-            }
             if name == "init" {
                 assert_eq!(&data[..4], b"\x7fELF");
             }
@@ -98,7 +91,7 @@ mod tests {
             at = entry.finish().unwrap();
         }
         let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["dev", "dev/console", "init", "ember", "ember/spec"]);
+        assert_eq!(names, ["dev", "dev/console", "init"]);
         assert_eq!(seen[1].1, 0o020600);
     }
 }

@@ -8,6 +8,7 @@ mod config;
 pub(crate) mod file_server;
 pub(crate) mod initramfs;
 pub(crate) mod stream;
+pub mod template;
 
 use std::path::PathBuf;
 
@@ -21,6 +22,7 @@ pub(crate) use stream::ContainerHandle;
 
 pub use config::{ContainerConfig, ContainerConfigError, VolumeConfig};
 pub use stream::ContainerEnd;
+pub use template::{start, StartMode, TemplateError, TEMPLATE_SHARES};
 
 /// What the guest kernel is told for a container run: no console chatter
 /// on the way (it goes to the console log), no reboot on a panic (Ember
@@ -49,6 +51,8 @@ pub enum ContainerError {
     Streams(#[source] std::io::Error),
     #[error(transparent)]
     Device(#[from] ember_devices::virtio::p9::P9Error),
+    #[error("{given} shares (the root and volumes), over the template's {slots}")]
+    TooManyShares { given: usize, slots: u8 },
 }
 
 /// Checks that every shared directory is one.
@@ -73,30 +77,73 @@ pub(crate) struct Prepared {
     devices: Vec<ExtraDevice>,
     handle: ContainerHandle,
     initramfs: initramfs::Initramfs,
+    /// A template (no command: its init waits for one) with this many
+    /// shares; None for a run.
+    template_shares: Option<u8>,
 }
 
-/// Checks the directories, starts a file server per share and builds
-/// the initramfs.
-pub(crate) fn prepare(config: &ContainerConfig) -> Result<Prepared, ContainerError> {
+/// A share slot of a template that a run leaves unused: every request is
+/// refused (the guest never mounts it).
+struct NoShare;
+
+impl ember_devices::virtio::p9::P9Backend for NoShare {
+    fn request(&mut self, _: &[u8]) -> std::io::Result<Vec<u8>> {
+        Err(std::io::Error::other("this share slot is not in use"))
+    }
+}
+
+/// The console and share devices of a run: the stream sends the spec at
+/// `start`; shares beyond the run's (up to `slots`) refuse requests.
+fn run_devices(
+    config: &ContainerConfig,
+    start: stream::Start,
+    slots: usize,
+) -> Result<(Vec<ExtraDevice>, ContainerHandle), ContainerError> {
     check_directories(config)?;
-    let initramfs =
-        initramfs::Initramfs::build(&config.spec()).map_err(ContainerError::Initramfs)?;
-    let (backend, handle) = stream::StreamBackend::new().map_err(ContainerError::Streams)?;
+    let (backend, handle) =
+        stream::StreamBackend::new(Some(config.spec()), start).map_err(ContainerError::Streams)?;
     let mut devices = vec![ExtraDevice {
         device: Box::new(Console::new(PORT_NAME, Box::new(backend))),
         own_thread: None,
     }];
-    for (i, (tag, dir, read_only)) in config.shares().into_iter().enumerate() {
-        let server = file_server::FileServer::start(dir, read_only).map_err(|source| {
-            ContainerError::FileServer {
-                path: dir.to_path_buf(),
-                source,
-            }
-        })?;
+    let shares = config.shares();
+    for i in 0..slots.max(shares.len()) {
+        let (tag, backend): (String, Box<dyn ember_devices::virtio::p9::P9Backend>) =
+            match shares.get(i) {
+                Some((tag, dir, read_only)) => (
+                    tag.clone(),
+                    Box::new(file_server::FileServer::start(dir, *read_only).map_err(
+                        |source| ContainerError::FileServer {
+                            path: dir.to_path_buf(),
+                            source,
+                        },
+                    )?),
+                ),
+                None => (config::share_tag(i), Box::new(NoShare)),
+            };
         devices.push(ExtraDevice {
-            device: Box::new(NineP::new(&tag, Box::new(server))?),
+            device: Box::new(NineP::new(&tag, backend)?),
             // A share's requests wait on the host's file system: a thread
             // of their own, like a disk's.
+            own_thread: Some(format!("ember-9p{i}")),
+        });
+    }
+    Ok((devices, handle))
+}
+
+/// The host side of a template: a console whose stream has no command
+/// yet, `shares` share slots that refuse requests.
+pub(crate) fn prepare_template(shares: u8) -> Result<Prepared, ContainerError> {
+    let initramfs = initramfs::Initramfs::build().map_err(ContainerError::Initramfs)?;
+    let (backend, handle) = stream::StreamBackend::new(None, stream::Start::AtReady)
+        .map_err(ContainerError::Streams)?;
+    let mut devices = vec![ExtraDevice {
+        device: Box::new(Console::new(PORT_NAME, Box::new(backend))),
+        own_thread: None,
+    }];
+    for i in 0..usize::from(shares) {
+        devices.push(ExtraDevice {
+            device: Box::new(NineP::new(&config::share_tag(i), Box::new(NoShare))?),
             own_thread: Some(format!("ember-9p{i}")),
         });
     }
@@ -104,6 +151,35 @@ pub(crate) fn prepare(config: &ContainerConfig) -> Result<Prepared, ContainerErr
         devices,
         handle,
         initramfs,
+        template_shares: Some(shares),
+    })
+}
+
+/// A run restored from a template with `slots` share slots: its devices,
+/// the spec sent at once (the template's init said Ready already).
+pub(crate) fn attach_to_template(
+    config: &ContainerConfig,
+    slots: u8,
+) -> Result<(Vec<ExtraDevice>, ContainerHandle), ContainerError> {
+    if config.shares().len() > usize::from(slots) {
+        return Err(ContainerError::TooManyShares {
+            given: config.shares().len(),
+            slots,
+        });
+    }
+    run_devices(config, stream::Start::Now, slots.into())
+}
+
+/// Checks the directories, starts a file server per share and builds
+/// the initramfs.
+pub(crate) fn prepare(config: &ContainerConfig) -> Result<Prepared, ContainerError> {
+    let initramfs = initramfs::Initramfs::build().map_err(ContainerError::Initramfs)?;
+    let (devices, handle) = run_devices(config, stream::Start::AtReady, 0)?;
+    Ok(Prepared {
+        devices,
+        handle,
+        initramfs,
+        template_shares: None,
     })
 }
 
@@ -122,5 +198,9 @@ impl Prepared {
 
     pub(crate) fn into_parts(self) -> (Vec<ExtraDevice>, ContainerHandle, initramfs::Initramfs) {
         (self.devices, self.handle, self.initramfs)
+    }
+
+    pub(crate) fn template_shares(&self) -> Option<u8> {
+        self.template_shares
     }
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use ember_devices::virtio::console::PortBackend;
 use ember_devices::virtio::HostWatch;
-use ember_guest_proto::{encode, Decoder, FromGuest, ToGuest, MAX_CHUNK};
+use ember_guest_proto::{encode, spec_messages, Decoder, FromGuest, Spec, ToGuest, MAX_CHUNK};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::stdin::{ReadOutcome, Stdin};
@@ -41,6 +41,8 @@ pub(crate) struct ContainerHandle {
 
 struct Shared {
     end: Mutex<Option<ContainerEnd>>,
+    /// The init said Ready (a template waits for this).
+    ready: std::sync::atomic::AtomicBool,
     signals: Mutex<VecDeque<i32>>,
     wake: EventFd,
 }
@@ -48,6 +50,11 @@ struct Shared {
 impl ContainerHandle {
     pub(crate) fn end(&self) -> Option<ContainerEnd> {
         lock(&self.shared.end).clone()
+    }
+
+    /// The guest's init has said Ready.
+    pub(crate) fn init_ready(&self) -> bool {
+        self.shared.ready.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Sends CMD `signal` (SIGTERM forwarded by Ember, ...).
@@ -164,9 +171,25 @@ impl HostOut {
     }
 }
 
+/// When the spec goes to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// When the init says Ready (a boot).
+    AtReady,
+    /// At once: the init said Ready before the snapshot this VM is
+    /// restored from.
+    Now,
+}
+
 /// The port's backend.
 pub(crate) struct StreamBackend {
-    stdin: Option<Stdin>,
+    /// The spec's messages, until the init is ready for them; None for a
+    /// template (no command yet).
+    spec: Option<Vec<ToGuest>>,
+    /// The spec is sent: stdin may flow.
+    started: bool,
+    stdin_eof: bool,
+    stdin: Stdin,
     stdout: HostOut,
     stderr: HostOut,
     decoder: Decoder,
@@ -181,9 +204,11 @@ pub(crate) struct StreamBackend {
 }
 
 impl StreamBackend {
-    /// Ember's own stdin, stdout and stderr.
-    pub(crate) fn new() -> io::Result<(Self, ContainerHandle)> {
+    /// Ember's own stdin, stdout and stderr; `spec` None for a template.
+    pub(crate) fn new(spec: Option<Spec>, start: Start) -> io::Result<(Self, ContainerHandle)> {
         Self::with(
+            spec,
+            start,
             Stdin::open(libc::STDIN_FILENO),
             HostOut::open(libc::STDOUT_FILENO, "stdout")?,
             HostOut::open(libc::STDERR_FILENO, "stderr")?,
@@ -191,11 +216,14 @@ impl StreamBackend {
     }
 
     pub(crate) fn with(
+        spec: Option<Spec>,
+        start: Start,
         stdin: Stdin,
         stdout: HostOut,
         stderr: HostOut,
     ) -> io::Result<(Self, ContainerHandle)> {
         let shared = Arc::new(Shared {
+            ready: std::sync::atomic::AtomicBool::new(false),
             end: Mutex::new(None),
             signals: Mutex::new(VecDeque::new()),
             wake: EventFd::new(EFD_NONBLOCK)?,
@@ -203,21 +231,35 @@ impl StreamBackend {
         let handle = ContainerHandle {
             shared: shared.clone(),
         };
-        Ok((
-            Self {
-                stdin: Some(stdin),
-                stdout,
-                stderr,
-                decoder: Decoder::new(),
-                out: Vec::new(),
-                sent: 0,
-                finished: false,
-                done_sent: false,
-                broken: false,
-                shared,
-            },
-            handle,
-        ))
+        let mut backend = Self {
+            spec: spec.as_ref().map(spec_messages),
+            started: false,
+            stdin_eof: false,
+            stdin,
+            stdout,
+            stderr,
+            decoder: Decoder::new(),
+            out: Vec::new(),
+            sent: 0,
+            finished: false,
+            done_sent: false,
+            broken: false,
+            shared,
+        };
+        if start == Start::Now {
+            backend.start();
+        }
+        Ok((backend, handle))
+    }
+
+    /// Sends the spec (if there is one: a template has none).
+    fn start(&mut self) {
+        if let Some(messages) = self.spec.take() {
+            for m in &messages {
+                self.queue(m);
+            }
+            self.started = true;
+        }
     }
 
     fn queue(&mut self, m: &ToGuest) {
@@ -266,6 +308,12 @@ impl PortBackend for StreamBackend {
         }
         for m in messages {
             match m {
+                FromGuest::Ready => {
+                    self.shared
+                        .ready
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    self.start();
+                }
                 FromGuest::Stdout(d) => self.stdout.push(&d),
                 FromGuest::Stderr(d) => self.stderr.push(&d),
                 FromGuest::Exited(code) => {
@@ -283,13 +331,18 @@ impl PortBackend for StreamBackend {
     }
 
     fn to_guest(&mut self, max: usize) -> Vec<u8> {
-        if self.sent == self.out.len() && !self.done_sent {
+        if self.started && self.sent == self.out.len() && !self.done_sent {
             let mut buf = vec![0u8; MAX_CHUNK];
-            let outcome = self.stdin.as_ref().map(|s| s.read(&mut buf));
+            let outcome = match self.stdin_eof {
+                false => Some(self.stdin.read(&mut buf)),
+                true => None,
+            };
             match outcome {
                 Some(ReadOutcome::Data(n)) => self.queue(&ToGuest::Stdin(buf[..n].to_vec())),
                 Some(ReadOutcome::Eof) => {
-                    self.stdin = None;
+                    // Kept open until the backend goes: its descriptor
+                    // may still be in the event loop's epoll set.
+                    self.stdin_eof = true;
                     self.queue(&ToGuest::StdinEof);
                 }
                 Some(ReadOutcome::Nothing) | None => {}
@@ -306,7 +359,8 @@ impl PortBackend for StreamBackend {
             fd: self.shared.wake.as_raw_fd(),
             writable: false,
         }];
-        if let Some(stdin) = &self.stdin {
+        if !self.stdin_eof {
+            let stdin = &self.stdin;
             if guest_has_room && self.sent == self.out.len() && stdin.pollable() && !self.done_sent
             {
                 w.push(HostWatch {
@@ -360,7 +414,19 @@ mod tests {
         _keep: Vec<std::fs::File>,
     }
 
+    fn spec() -> Spec {
+        crate::container::ContainerConfig::new("/r", vec!["true".into()]).spec()
+    }
+
+    /// A started backend (its spec already taken by the guest).
     fn rig() -> Rig {
+        let mut r = rig_with(Start::Now);
+        let got = decode_all(&r.backend.to_guest(1 << 20));
+        assert_eq!(got.last(), Some(&ToGuest::SpecEnd));
+        r
+    }
+
+    fn rig_with(start: Start) -> Rig {
         let (out_r, out_w) = pipe();
         let (err_r, err_w) = pipe();
         let (in_r, in_w) = pipe();
@@ -368,6 +434,8 @@ mod tests {
             unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
         }
         let (backend, handle) = StreamBackend::with(
+            Some(spec()),
+            start,
             Stdin::open(in_r.as_raw_fd()),
             HostOut::open(out_w.as_raw_fd(), "stdout").unwrap(),
             HostOut::open(err_w.as_raw_fd(), "stderr").unwrap(),
@@ -489,6 +557,32 @@ mod tests {
             all.extend(c);
         }
         assert_eq!(decode_all(&all), vec![ToGuest::Signal(15)]);
+    }
+
+    #[test]
+    fn the_spec_waits_for_ready_and_stdin_waits_for_the_spec() {
+        let mut r = rig_with(Start::AtReady);
+        use std::io::Write;
+        r.in_w.as_mut().unwrap().write_all(b"early").unwrap();
+        assert!(r.backend.to_guest(4096).is_empty(), "nothing before Ready");
+        assert!(!r.handle.init_ready());
+        let ready = encode(&FromGuest::Ready);
+        assert_eq!(r.backend.take_from_guest(&ready), ready.len());
+        assert!(r.handle.init_ready());
+        let mut got = decode_all(&r.backend.to_guest(1 << 20));
+        assert_eq!(got.pop(), Some(ToGuest::SpecEnd));
+        let bytes: Vec<u8> = got
+            .into_iter()
+            .flat_map(|m| match m {
+                ToGuest::Spec(c) => c,
+                other => panic!("{other:?} before SpecEnd"),
+            })
+            .collect();
+        assert_eq!(postcard::from_bytes::<Spec>(&bytes).unwrap(), spec());
+        assert_eq!(
+            decode_all(&r.backend.to_guest(4096)),
+            vec![ToGuest::Stdin(b"early".to_vec())]
+        );
     }
 
     #[test]

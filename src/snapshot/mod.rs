@@ -78,6 +78,9 @@ pub struct SavedMachine {
     pub nets: Vec<SavedNet>,
     /// Snapshotted on a host that emulates guest kernel mode.
     pub emulating: bool,
+    /// A container template: its console and this many 9P shares follow
+    /// the disks and interfaces (src/container/template.rs).
+    pub container_shares: Option<u8>,
 }
 
 /// The snapshot file's body.

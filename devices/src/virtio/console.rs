@@ -66,6 +66,17 @@ pub trait PortBackend: Send {
     fn shutdown(&mut self) {}
 }
 
+/// What a snapshot keeps of an active console beyond its queues.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    guest_open: bool,
+    control_out: Vec<Vec<u8>>,
+    held: Option<(Vec<u8>, usize)>,
+}
+
+/// Bounds on a restored console's state (it comes from a file).
+const MAX_SAVED_CONTROL: usize = 64;
+
 struct Active {
     mem: GuestMemoryMmap,
     queues: [Queue; 4],
@@ -407,6 +418,43 @@ impl VirtioDevice for Console {
 
     fn shutdown(&mut self) {
         self.backend.shutdown();
+    }
+
+    fn saved_state(&self) -> Vec<u8> {
+        let State::Active(a) = &self.state else {
+            return Vec::new();
+        };
+        let saved = Saved {
+            guest_open: a.guest_open,
+            control_out: a.control_out.iter().cloned().collect(),
+            held: a.held.clone(),
+        };
+        postcard::to_stdvec(&saved).unwrap_or_default()
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
+        let State::Active(a) = &mut self.state else {
+            return Err("state for a console that is not running".into());
+        };
+        let saved: Saved = postcard::from_bytes(state).map_err(|e| e.to_string())?;
+        let held_ok = saved
+            .held
+            .as_ref()
+            .is_none_or(|(b, at)| b.len() <= MAX_TX_CHAIN && *at < b.len());
+        let control_ok = saved.control_out.len() <= MAX_SAVED_CONTROL
+            && saved
+                .control_out
+                .iter()
+                .all(|m| m.len() >= CONTROL_LEN && m.len() <= 4096);
+        if !held_ok || !control_ok {
+            return Err("held bytes or control messages out of bounds".into());
+        }
+        a.guest_open = saved.guest_open;
+        a.control_out = saved.control_out.into();
+        a.held = saved.held;
+        // Until the receive queue says otherwise.
+        a.rx_room = true;
+        Ok(())
     }
 }
 

@@ -184,6 +184,22 @@ pub trait VirtioDevice: Send {
     /// One of `host_watches` is ready (or in error: the device finds out
     /// when it uses it).
     fn host_ready(&mut self, _fd: std::os::fd::RawFd) {}
+    /// What a snapshot keeps of the device beyond its queues' positions
+    /// (empty: nothing). Called with the device held, not processing.
+    fn saved_state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Puts `saved_state`'s bytes back into the just activated device.
+    /// They come from a snapshot file: untrusted.
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
+        match state.is_empty() {
+            true => Ok(()),
+            false => Err(format!(
+                "{} bytes of state for a device that keeps none",
+                state.len()
+            )),
+        }
+    }
     /// The VM is ending (or the device is being dropped): make everything
     /// the guest wrote durable (a disk syncs its file). Callable in any
     /// state, more than once.

@@ -237,3 +237,31 @@ fn receive_fills_posted_buffers_only() {
     mem.read_slice(&mut b, GuestAddress(BUF + 0x200)).unwrap();
     assert_eq!(b.to_vec(), (60..100u8).collect::<Vec<_>>());
 }
+
+#[test]
+fn its_state_survives_a_snapshot_and_bad_state_is_refused() {
+    let mem = memory();
+    let mut r = rig(&mem);
+    guest_opens(&mut r, &mem, 0);
+    let saved = r.dev.saved_state();
+    let mut fresh = rig(&mem);
+    fresh.dev.restore_state(&saved).unwrap();
+    fresh.seen.lock().unwrap().outgoing = b"after".to_vec();
+    fresh.q[RX]
+        .add_desc_chains(&[desc(BUF, 64, W, 0)], 0)
+        .unwrap();
+    fresh.dev.process_queue(RX);
+    assert_eq!(
+        used(&mem, &fresh.q[RX]),
+        vec![(0, 5)],
+        "still open after the restore"
+    );
+    assert!(fresh.dev.restore_state(&[0xff; 3]).is_err());
+    let bad = postcard::to_stdvec(&Saved {
+        guest_open: true,
+        control_out: vec![vec![0; 2]],
+        held: None,
+    })
+    .unwrap();
+    assert!(fresh.dev.restore_state(&bad).is_err());
+}

@@ -44,6 +44,8 @@ pub struct TransportSnapshot {
     pub queue_sel: u32,
     pub interrupt_status: u32,
     pub queues: Vec<QueueSnapshot>,
+    /// The device's own state beyond its queues (`VirtioDevice::saved_state`).
+    pub device: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,8 @@ pub enum TransportStateError {
     EventIdx { index: usize },
     #[error("the device refused to run on its saved rings")]
     Activate,
+    #[error("the device's saved state: {0}")]
+    DeviceState(String),
 }
 
 /// The device behind a transport, locked: no queue work runs while it is
@@ -107,6 +111,7 @@ impl MmioTransport {
             queue_sel: self.queue_sel,
             interrupt_status: self.interrupt.status(),
             queues,
+            device: held.0.saved_state(),
         }
     }
 
@@ -169,6 +174,10 @@ impl MmioTransport {
             if self.activate() != DeviceStatus::Running {
                 return Err(TransportStateError::Activate);
             }
+            self.server
+                .device()
+                .restore_state(&saved.device)
+                .map_err(TransportStateError::DeviceState)?;
             for e in &self.queue_events {
                 let _ = e.write(1);
             }
