@@ -244,7 +244,8 @@ fn run_container(
     drop(vm);
     log::logger().flush();
     match (end, &exit) {
-        (Some(ContainerEnd::Exited(code)), VmExit::Poweroff | VmExit::Reboot) => code,
+        // CMD's status, once it came, whatever ended the VM after it.
+        (Some(ContainerEnd::Exited(code)), _) => code,
         (_, VmExit::Stopped(StopReason::Signal(n))) => 128u8.saturating_add(*n as u8),
         (Some(ContainerEnd::InitFailed(why)), _) => {
             eprintln!("ember: the container's init failed: {why}");
@@ -262,7 +263,6 @@ fn run_container(
             eprintln!("ember: {exit}");
             125
         }
-        (Some(ContainerEnd::Exited(code)), _) => code,
         (None, _) => {
             eprintln!(
                 "ember: the VM ended ({exit:?}) before CMD's exit status came; see --console-log"

@@ -211,17 +211,22 @@ impl QueueEvents {
                 }
             }
         }
+        let mut registered = BTreeMap::new();
         for (&fd, &set) in &want {
             let r = match self.host.get(&fd) {
                 Some(&old) if old == set => Ok(()),
                 Some(_) => ops.modify(event(fd, set)),
                 None => ops.add(event(fd, set)),
             };
-            if let Err(e) = r {
-                log::error!("virtio: cannot watch descriptor {fd}: {e}");
+            match r {
+                Ok(()) => {
+                    registered.insert(fd, set);
+                }
+                // Not registered: tried again at the next event.
+                Err(e) => log::error!("virtio: cannot watch descriptor {fd}: {e}"),
             }
         }
-        self.host = want;
+        self.host = registered;
     }
 
     fn update_backend_watch(&mut self, ops: &mut EventOps) {

@@ -14,10 +14,9 @@
 //! needs to reopen its own descriptors). Requests and replies cross a
 //! SOCK_SEQPACKET pair, one message each.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ember_devices::virtio::p9::{P9Backend, MAX_REQUEST};
@@ -36,7 +35,15 @@ pub(crate) struct FileServer {
     pid: libc::pid_t,
     sock: OwnedFd,
     dir: PathBuf,
+    /// A reply did not come in time: a late one would answer the wrong
+    /// request, so every request fails from then on.
+    broken: bool,
 }
+
+/// How long the server may take to answer one request (a slow network
+/// file system, a FIFO a guest opened): past it the share fails, the VM
+/// and its teardown go on.
+const REPLY_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn last_error<T>() -> io::Result<T> {
     Err(io::Error::last_os_error())
@@ -47,7 +54,13 @@ impl FileServer {
     /// error says which step of the confinement failed.
     pub(crate) fn start(dir: &Path, read_only: bool) -> io::Result<Self> {
         let dir = std::fs::canonicalize(dir)?;
-        let root = CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        // Opened once: the child confines itself to this very directory,
+        // never to whatever a path names by then.
+        let dir_fd: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&dir)?
+            .into();
         let mut fds = [0; 2];
         // SAFETY: fds has room for two descriptors.
         if unsafe {
@@ -72,14 +85,33 @@ impl FileServer {
             return last_error();
         }
         if pid == 0 {
-            serve(theirs.as_raw_fd(), &root, read_only, parent);
+            serve(theirs.as_raw_fd(), dir_fd.as_raw_fd(), read_only, parent);
         }
+        drop(dir_fd);
         drop(theirs);
         let server = Self {
             pid,
             sock: ours,
             dir,
+            broken: false,
         };
+        let limit = libc::timeval {
+            tv_sec: REPLY_LIMIT.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        // SAFETY: setsockopt reads one timeval.
+        let r = unsafe {
+            libc::setsockopt(
+                server.sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&limit as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return last_error();
+        }
         // The child's first message: READY when it serves, else why not.
         let first = server.recv()?;
         if first != READY {
@@ -116,6 +148,11 @@ impl FileServer {
 
 impl P9Backend for FileServer {
     fn request(&mut self, request: &[u8]) -> io::Result<Vec<u8>> {
+        if self.broken {
+            return Err(io::Error::other(
+                "a reply came too late; the share is out of service",
+            ));
+        }
         if request.len() > MAX_REQUEST {
             return Err(io::Error::other("request too large"));
         }
@@ -130,7 +167,11 @@ impl P9Backend for FileServer {
         if n != request.len() as isize {
             return last_error();
         }
-        let reply = self.recv()?;
+        let reply = self.recv().inspect_err(|e| {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                self.broken = true;
+            }
+        })?;
         if reply == UNDECODABLE {
             return Err(io::Error::other("a request the file server cannot decode"));
         }
@@ -166,92 +207,239 @@ impl Drop for FileServer {
     }
 }
 
+/// 9P2000.L message types the server's requests are patched in.
+const TLOPEN: u8 = 12;
+const TLCREATE: u8 = 14;
+const TSETATTR: u8 = 26;
+const TMKDIR: u8 = 72;
+/// Linux's 9P open flag for O_NONBLOCK, and Tsetattr's "mode is valid".
+const P9_NONBLOCK: u32 = 0o4000;
+const P9_SETATTR_MODE: u32 = 1;
+/// Mode bits a guest may not give a file in a share: the server runs as
+/// root, so a setuid file it made would be a setuid-root file on the host.
+const SET_ID: u32 = libc::S_ISUID | libc::S_ISGID;
+
+/// Patches a request in place before the `p9` server sees it: opens are
+/// non-blocking (a FIFO in a share must not stall the server, and with it
+/// the VM's teardown), and no file gets setuid or setgid bits (a directory
+/// may keep setgid, which only passes its group on). The `p9` crate keeps
+/// its message types private, so the few fields are found here by their
+/// 9P2000.L offsets: size[4] type[1] tag[2], then the body. A request too
+/// short for its fields is left as it is (the server refuses it).
+pub(crate) fn harden(request: &mut [u8]) {
+    let Some(&kind) = request.get(4) else { return };
+    let name_len = |at: usize| -> Option<usize> {
+        let b = request.get(at..at + 2)?;
+        Some(usize::from(u16::from_le_bytes([b[0], b[1]])))
+    };
+    // (offset of a u32 field, bits to set, bits to clear)
+    let patch: Option<(usize, u32, u32)> = match kind {
+        TLOPEN => Some((11, P9_NONBLOCK, 0)),
+        TLCREATE => name_len(11).map(|n| (13 + n, P9_NONBLOCK, 0)),
+        _ => None,
+    };
+    let mode: Option<(usize, u32)> = match kind {
+        TLCREATE => name_len(11).map(|n| (17 + n, SET_ID)),
+        TMKDIR => name_len(11).map(|n| (13 + n, libc::S_ISUID)),
+        TSETATTR => {
+            let valid = request
+                .get(11..15)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            valid
+                .filter(|v| v & P9_SETATTR_MODE != 0)
+                .map(|_| (15, SET_ID))
+        }
+        _ => None,
+    };
+    let mut edit = |at: usize, set: u32, clear: u32| {
+        if let Some(b) = request.get_mut(at..at + 4) {
+            let v = (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) | set) & !clear;
+            b.copy_from_slice(&v.to_le_bytes());
+        }
+    };
+    if let Some((at, set, clear)) = patch {
+        edit(at, set, clear);
+    }
+    if let Some((at, clear)) = mode {
+        edit(at, 0, clear);
+    }
+}
+
 /// Sends `msg` on `fd` (the child's setup report).
 fn say(fd: RawFd, msg: &[u8]) {
     // SAFETY: msg is valid for its length.
     unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) };
 }
 
+/// Capabilities the server keeps: acting on any file of the share as
+/// root would (DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, CHOWN). No
+/// CAP_FSETID, CAP_MKNOD, CAP_SYS_ADMIN or any other.
+/// (Capability numbers from linux/capability.h: CHOWN 0, DAC_OVERRIDE 1,
+/// DAC_READ_SEARCH 2, FOWNER 3.)
+const KEPT_CAPS: u32 = 0b1111;
+
+/// Drops every capability but `KEPT_CAPS` (effective, permitted and
+/// inheritable) and forbids gaining any (no_new_privs).
+fn drop_capabilities() -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut hdr = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let data = [
+        Data {
+            effective: KEPT_CAPS,
+            permitted: KEPT_CAPS,
+            inheritable: 0,
+        },
+        Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+    ];
+    // SAFETY: capset reads a header and two data structs, as given.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) } != 0 {
+        return last_error();
+    }
+    // SAFETY: prctl with plain values.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return last_error();
+    }
+    Ok(())
+}
+
 /// The child: confine, then serve until the socket closes. Never returns.
-fn serve(sock: RawFd, root: &CString, read_only: bool, parent: libc::pid_t) -> ! {
+/// It came from a fork of a process that may have other threads: it only
+/// makes system calls and runs the `p9` server (glibc's fork leaves
+/// malloc usable), never Ember's logging or locks.
+fn serve(sock: RawFd, dir: RawFd, read_only: bool, parent: libc::pid_t) -> ! {
     let fail = |step: &str| -> ! {
         let e = io::Error::last_os_error();
-        say(sock, format!("{step}: {e}").as_bytes());
+        say(3, format!("{step}: {e}").as_bytes());
         // SAFETY: _exit ends the child without running Ember's destructors.
         unsafe { libc::_exit(1) }
     };
+    // A panic in the server ends the child, not in Ember's hook.
+    std::panic::set_hook(Box::new(|_| {
+        // SAFETY: ends the child.
+        unsafe { libc::_exit(101) }
+    }));
     // SAFETY: plain system calls on values prepared before the fork.
     unsafe {
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 || libc::getppid() != parent {
             libc::_exit(1);
         }
         libc::prctl(libc::PR_SET_NAME, c"ember-9p".as_ptr());
-        // Nothing of Ember's but the socket (as fd 3) and /dev/null as 0-2.
-        if libc::dup2(sock, 3) == -1 {
-            fail("dup2");
-        }
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            for fd in 0..3 {
-                libc::dup2(null, fd);
+        // Ember's signal handlers and mask are not the server's; out of
+        // the terminal's process group, so Ctrl-C is Ember's to forward.
+        for sig in 1..libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
             }
         }
-        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        libc::setsid();
+        // Nothing of Ember's but the socket (fd 3), the directory (fd 4)
+        // and /dev/null as 0-2.
+        // Moved out of the way first: either may be 3 or 4 already.
+        let (s, d) = (
+            libc::fcntl(sock, libc::F_DUPFD_CLOEXEC, 100),
+            libc::fcntl(dir, libc::F_DUPFD_CLOEXEC, 100),
+        );
+        if s == -1 || d == -1 || libc::dup2(s, 3) == -1 || libc::dup2(d, 4) == -1 {
+            libc::_exit(1);
+        }
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null == -1 {
+            fail("open /dev/null");
+        }
+        for fd in 0..3 {
+            libc::dup2(null, fd);
+        }
+        if libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) != 0 {
+            // Before Linux 5.9: one by one, as far as the limit goes.
+            let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(1024, 1 << 20) as i32;
+            for fd in 5..max {
+                libc::close(fd);
+            }
+        }
     }
-    let sock = 3;
-    let mut flags = libc::MS_NODEV | libc::MS_NOSUID;
+    let (sock, dir) = (3, 4);
+    let mut attr = libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOSUID;
     if read_only {
-        flags |= libc::MS_RDONLY;
+        attr |= libc::MOUNT_ATTR_RDONLY;
     }
-    // SAFETY: NUL-terminated strings that outlive each call.
-    unsafe {
+    // SAFETY: NUL-terminated strings and a mount_attr that outlive each call.
+    let tree = unsafe {
+        // A detached copy of the directory's mount, without what is
+        // mounted below it (no AT_RECURSIVE): submounts stay out of the
+        // share, and the flags below hold for all of it.
+        let tree = libc::syscall(
+            libc::SYS_open_tree,
+            dir,
+            c"".as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint,
+        );
+        if tree < 0 {
+            fail("clone the share's mount (open_tree, Linux 5.2+)");
+        }
+        let tree = tree as RawFd;
+        let set = libc::mount_attr {
+            attr_set: attr,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        if libc::syscall(
+            libc::SYS_mount_setattr,
+            tree,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &set as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        ) != 0
+        {
+            fail("make the share nodev,nosuid (mount_setattr, Linux 5.12+)");
+        }
+        // After the clone (which must come from Ember's own namespace):
+        // nothing the server could mount would show anywhere else.
         if libc::unshare(libc::CLONE_NEWNS) == -1 {
             fail("unshare the mount namespace");
         }
-        if libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) == -1
-        {
-            fail("make mounts private");
-        }
-        if libc::mount(
-            root.as_ptr(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND | libc::MS_REC,
-            std::ptr::null(),
-        ) == -1
-        {
-            fail("bind the share");
-        }
-        if libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REMOUNT | libc::MS_BIND | flags,
-            std::ptr::null(),
-        ) == -1
-        {
-            fail("remount the share nodev,nosuid");
-        }
-    }
+        tree
+    };
     // The server opens /proc now, before the chroot hides it.
     let mut server = match p9::Server::new(Path::new("/"), Default::default(), Default::default()) {
         Ok(s) => s,
         Err(_) => fail("start the 9P server"),
     };
-    // SAFETY: NUL-terminated strings.
+    // SAFETY: plain system calls.
     unsafe {
-        if libc::chroot(root.as_ptr()) == -1 {
+        if libc::fchdir(tree) == -1 {
+            fail("enter the share");
+        }
+        if libc::chroot(c".".as_ptr()) == -1 {
             fail("chroot into the share");
         }
-        if libc::chdir(c"/".as_ptr()) == -1 {
-            fail("chdir /");
-        }
+        libc::close(tree);
+        libc::close(dir);
+    }
+    if drop_capabilities().is_err() {
+        fail("drop capabilities");
     }
     say(sock, READY);
     let mut buf = vec![0u8; MAX_REQUEST];
@@ -267,6 +455,7 @@ fn serve(sock: RawFd, root: &CString, read_only: bool, parent: libc::pid_t) -> !
             unsafe { libc::_exit(0) };
         }
         reply.clear();
+        harden(&mut buf[..n as usize]);
         // A request the server cannot even decode gets an empty reply.
         let _ = server.handle_message(&mut &buf[..n as usize], &mut reply);
         say(
@@ -285,6 +474,8 @@ mod tests {
     //! A hostile client: raw 9P2000.L messages a guest kernel could send,
     //! whatever Linux's own client would.
     use super::*;
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
 
     const NOFID: u32 = u32::MAX;
 
@@ -445,6 +636,98 @@ mod tests {
         assert!(!share.join("new").exists());
         drop(s);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn lcreate_mode(
+        s: &mut FileServer,
+        fid: u32,
+        name: &str,
+        flags: u32,
+        mode: u32,
+    ) -> (u8, Vec<u8>) {
+        let mut b = fid.to_le_bytes().to_vec();
+        b.extend(string(name));
+        b.extend_from_slice(&flags.to_le_bytes());
+        b.extend_from_slice(&mode.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        call(s, 14, &b)
+    }
+
+    #[test]
+    #[ignore = "needs root (a mount namespace of its own): make test runs it"]
+    fn no_setuid_files_no_blocking_fifos_no_submounts() {
+        require_root();
+        let (dir, share) = share("setid");
+        let fifo = CString::new(share.join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o666) }, 0);
+        // A file system mounted under the share stays out of it.
+        let sub = share.join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let subc = CString::new(sub.as_os_str().as_bytes()).unwrap();
+        // SAFETY: NUL-terminated strings.
+        let mounted = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                subc.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        } == 0;
+        if mounted {
+            std::fs::write(sub.join("on-tmpfs"), b"x").unwrap();
+        }
+        let mut s = FileServer::start(&share, false).unwrap();
+        attach(&mut s);
+        assert_eq!(walk(&mut s, 0, 1, &[]).0, 111);
+        let made = lcreate_mode(&mut s, 1, "suid", libc::O_RDWR as u32, 0o6755);
+        assert_eq!(made.0, 15, "Rlcreate: {made:?}");
+        let mode = std::fs::metadata(share.join("suid")).unwrap().permissions();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.mode() & 0o7777, 0o755, "setuid and setgid stripped");
+        // Opening the FIFO for reading returns at once.
+        assert_eq!(walk(&mut s, 0, 2, &["fifo"]).0, 111);
+        assert_eq!(
+            lopen(&mut s, 2, libc::O_RDONLY as u32).0,
+            13,
+            "Rlopen without a writer"
+        );
+        if mounted {
+            assert_eq!(walk(&mut s, 0, 3, &["sub"]).0, 111);
+            let w = walk(&mut s, 0, 4, &["sub", "on-tmpfs"]);
+            assert!(
+                w.0 == 7 || u16::from_le_bytes([w.1[0], w.1[1]]) < 2,
+                "the submount's file is in the share: {w:?}"
+            );
+        }
+        drop(s);
+        if mounted {
+            // SAFETY: a NUL-terminated path.
+            unsafe { libc::umount(subc.as_ptr()) };
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn harden_patches_only_the_fields_it_knows() {
+        // Tlopen: flags gain O_NONBLOCK.
+        let mut m = msg(12, &[1, 0, 0, 0, 2, 0, 0, 0]);
+        harden(&mut m);
+        assert_eq!(&m[11..15], &(2 | P9_NONBLOCK).to_le_bytes());
+        // Tsetattr with the mode valid: setuid and setgid cleared.
+        let mut body = vec![1, 0, 0, 0];
+        body.extend_from_slice(&1u32.to_le_bytes());
+        body.extend_from_slice(&0o6777u32.to_le_bytes());
+        let mut m = msg(26, &body);
+        harden(&mut m);
+        assert_eq!(&m[15..19], &0o777u32.to_le_bytes());
+        // Short and unknown messages are left alone.
+        for raw in [vec![1u8, 2, 3], msg(14, &[1, 0]), msg(100, &[9; 8])] {
+            let mut m = raw.clone();
+            harden(&mut m);
+            assert_eq!(m, raw);
+        }
     }
 
     #[test]

@@ -25,8 +25,8 @@ pub use stream::ContainerEnd;
 pub use template::{start, StartMode, TemplateError, TEMPLATE_SHARES};
 
 /// What the guest kernel is told for a container run: no console chatter
-/// on the way (it goes to the console log), no reboot on a panic (Ember
-/// reports it).
+/// on the way (it goes to the console log); a panic resets the guest at
+/// once, which ends the VM (the run exits 125).
 pub(crate) const CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init";
 
 #[derive(Debug, thiserror::Error)]

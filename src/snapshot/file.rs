@@ -229,11 +229,12 @@ mod tests {
     #[test]
     fn other_versions_foreign_files_and_trailing_bytes_are_refused() {
         let bytes = encoded();
-        let mut v2 = bytes.clone();
-        v2[8] = 2; // the version, a one-byte varint right after the magic
+        let mut other = bytes.clone();
+        // The version, a one-byte varint right after the magic.
+        other[8] = FORMAT_VERSION as u8 + 1;
         assert!(matches!(
-            decoded(&v2),
-            Err(FileError::Version { found: 2, .. })
+            decoded(&other),
+            Err(FileError::Version { found, .. }) if found == FORMAT_VERSION + 1
         ));
         assert!(matches!(
             decoded(b"\x7fELF\x02\x01\x01\x00 not a snapshot"),

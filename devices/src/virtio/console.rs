@@ -74,7 +74,8 @@ struct Saved {
     held: Option<(Vec<u8>, usize)>,
 }
 
-/// Bounds on a restored console's state (it comes from a file).
+/// Most control messages waiting for the guest's buffers (live, and in
+/// a restored console's state).
 const MAX_SAVED_CONTROL: usize = 64;
 
 struct Active {
@@ -188,14 +189,26 @@ impl Console {
             let Some((head, descs)) = Self::pop(a, log, CTRL_TX) else {
                 break;
             };
+            // Only the 8-byte header is read: the guest says nothing else
+            // to a device (and a chain may claim gigabytes).
             let msg = chain_iovecs(&a.mem, &descs, false)
-                .map(|b| b.copy_out())
-                .filter(|m| m.len() >= CONTROL_LEN && m.len() <= 4096);
-            if let Some(m) = msg {
+                .filter(|b| b.capacity() >= CONTROL_LEN)
+                .map(|b| b.copy_out_prefix(CONTROL_LEN));
+            if msg.is_none() {
+                log.warn(
+                    "console-control-short",
+                    format_args!("virtio-console: ignoring a control chain of less than {CONTROL_LEN} device-readable bytes"),
+                );
+            }
+            // Answers wait in a bounded queue: a driver repeating itself
+            // without posting buffers cannot grow it.
+            let room = a.control_out.len() + 3 <= MAX_SAVED_CONTROL;
+            if let Some(m) = msg.filter(|_| room) {
                 let id = u32::from_le_bytes([m[0], m[1], m[2], m[3]]);
                 let event = u16::from_le_bytes([m[4], m[5]]);
                 let value = u16::from_le_bytes([m[6], m[7]]);
                 match (id, event, value) {
+                    // Linux sends it with VIRTIO_CONSOLE_BAD_ID (u32::MAX).
                     (_, DEVICE_READY, 1) => a.control_out.push_back(control(0, PORT_ADD, 0)),
                     (0, PORT_READY, 1) => {
                         let mut named = control(0, PORT_NAME, 1);
@@ -203,7 +216,16 @@ impl Console {
                         a.control_out.push_back(named);
                         a.control_out.push_back(control(0, PORT_OPEN, 1));
                     }
-                    (0, PORT_OPEN, open) => a.guest_open = open == 1,
+                    (0, PORT_OPEN, open) => {
+                        if a.guest_open && open == 0 {
+                            // Linux drops what the port held unread.
+                            log.warn(
+                                "console-closed",
+                                format_args!("virtio-console: the guest closed port {name}"),
+                            );
+                        }
+                        a.guest_open = open == 1;
+                    }
                     _ => log.warn(
                         "console-control",
                         format_args!(
@@ -231,7 +253,10 @@ impl Console {
             return;
         };
         let mut returned = false;
-        while let Some(msg) = a.control_out.front().cloned() {
+        for _ in 0..QUEUE_SIZE {
+            let Some(msg) = a.control_out.front().cloned() else {
+                break;
+            };
             let Some((head, descs)) = Self::pop(a, log, CTRL_RX) else {
                 break;
             };

@@ -85,6 +85,19 @@ impl<'a> GuestIovecs<'a> {
         done
     }
 
+    /// Gathers at most the first `max` bytes into a host vector.
+    pub fn copy_out_prefix(&self, max: usize) -> Vec<u8> {
+        let mut v = vec![0u8; self.capacity.min(max)];
+        let mut at = 0;
+        for s in &self.slices {
+            if at == v.len() {
+                break;
+            }
+            at += s.copy_to(&mut v[at..]);
+        }
+        v
+    }
+
     /// Gathers the buffers into a host vector (test doubles).
     pub fn copy_out(&self) -> Vec<u8> {
         let mut v = vec![0u8; self.capacity];

@@ -55,10 +55,14 @@ fn memory() -> GuestMemoryMmap {
 }
 
 fn rig(mem: &GuestMemoryMmap) -> Rig<'_> {
+    rig_sized(mem, 16)
+}
+
+fn rig_sized(mem: &GuestMemoryMmap, size: u16) -> Rig<'_> {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let mut dev = Console::new("ember.stream", Box::new(TestBackend(seen.clone())));
     let q: Vec<_> = (0..4)
-        .map(|i| MockSplitQueue::create(mem, GuestAddress(0x1_0000 * (i + 1)), 16))
+        .map(|i| MockSplitQueue::create(mem, GuestAddress(0x1_0000 * (i + 1)), size))
         .collect();
     dev.activate(Activation {
         mem: mem.clone(),
@@ -264,4 +268,41 @@ fn its_state_survives_a_snapshot_and_bad_state_is_refused() {
     })
     .unwrap();
     assert!(fresh.dev.restore_state(&bad).is_err());
+}
+
+#[test]
+fn a_huge_control_chain_is_read_8_bytes_deep_and_repeats_cannot_grow_the_queue() {
+    let mem = memory();
+    let mut r = rig_sized(&mem, 128);
+    mem.write_slice(&control(0, DEVICE_READY, 1), GuestAddress(BUF))
+        .unwrap();
+    // Overlapping descriptors (pop_chain allows them; a real guest can
+    // claim gigabytes this way): only the header is read.
+    let huge: Vec<_> = (0..3u16)
+        .map(|i| desc(BUF, 0x1_0000, if i < 2 { N } else { 0 }, i + 1))
+        .collect();
+    r.q[CTRL_TX].add_desc_chains(&huge, 0).unwrap();
+    r.dev.process_queue(CTRL_TX);
+    assert_eq!(used(&mem, &r.q[CTRL_TX]).len(), 1);
+    // The same message 100 more times with no receive buffer posted.
+    for _ in 0..100 {
+        r.q[CTRL_TX]
+            .add_desc_chains(&[desc(BUF, 8, 0, 0)], 3)
+            .unwrap();
+        r.dev.process_queue(CTRL_TX);
+    }
+    let State::Active(a) = &r.dev.state else {
+        panic!("inactive")
+    };
+    assert!(!a.broken, "broken");
+    let idx: u16 = mem
+        .read_obj(r.q[CTRL_TX].used_addr().unchecked_add(2))
+        .unwrap();
+    assert_eq!(idx, 101, "every message taken");
+    assert!(
+        a.control_out.len() <= MAX_SAVED_CONTROL,
+        "{}",
+        a.control_out.len()
+    );
+    assert_eq!(a.control_out[0], control(0, PORT_ADD, 0));
 }
