@@ -104,8 +104,12 @@ fn the_handshake_adds_names_and_opens_port_0() {
             .add_desc_chains(std::slice::from_ref(d), i as u16)
             .unwrap();
     }
-    mem.write_slice(&control(0, DEVICE_READY, 1), GuestAddress(BUF + 0x1000))
-        .unwrap();
+    // Linux says DEVICE_READY with VIRTIO_CONSOLE_BAD_ID as the port.
+    mem.write_slice(
+        &control(u32::MAX, DEVICE_READY, 1),
+        GuestAddress(BUF + 0x1000),
+    )
+    .unwrap();
     r.q[CTRL_TX]
         .add_desc_chains(&[desc(BUF + 0x1000, 8, 0, 0)], 0)
         .unwrap();
