@@ -202,7 +202,8 @@ pub struct RunArgs {
     /// the cached template of a booted init (made by the first run).
     #[arg(long, requires = "rootfs")]
     pub boot: bool,
-    /// A pseudo-terminal for CMD (not yet: CMD's streams are pipes).
+    /// A pseudo-terminal for CMD in the guest, this terminal in raw mode
+    /// (Ctrl-C reaches CMD as SIGINT), its size passed on.
     #[arg(short = 't', long = "tty", requires = "rootfs")]
     pub tty: bool,
     /// CMD and its arguments, after `--`, for a container run.
@@ -251,8 +252,6 @@ pub enum CliError {
     RootfsWithoutCommand,
     #[error("--initrd: a container run boots Ember's own initramfs")]
     InitrdWithRootfs,
-    #[error("-t: a pseudo-terminal for CMD is not supported yet (its streams are pipes)")]
-    TtyUnsupported,
     #[error(transparent)]
     Container(#[from] crate::container::ContainerConfigError),
 }
@@ -274,9 +273,6 @@ impl RunArgs {
         if self.initrd.is_some() {
             return Err(CliError::InitrdWithRootfs);
         }
-        if self.tty {
-            return Err(CliError::TtyUnsupported);
-        }
         let (dir, overlay) = ContainerConfig::parse_rootfs(rootfs);
         let mut c = ContainerConfig::new(dir, self.command.clone());
         c.overlay = overlay;
@@ -289,6 +285,9 @@ impl RunArgs {
             .collect::<Result<_, _>>()?;
         if let Some(h) = &self.hostname {
             c.hostname = h.clone();
+        }
+        if self.tty {
+            c.tty = Some(crate::terminal::window_size().unwrap_or((24, 80)));
         }
         c.validate()?;
         Ok(Some(c))

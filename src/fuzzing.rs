@@ -88,3 +88,75 @@ pub fn api_request(bytes: &[u8]) {
 pub fn snapshot_file(bytes: &[u8]) {
     let _ = file::decode::<Snapshot>(std::path::Path::new("fuzz"), bytes);
 }
+
+/// A container's stream, host end: what a hostile guest writes, in
+/// `chunks`, then whatever the host end has for the guest. CMD's output
+/// goes to pipes that are drained as it comes.
+pub fn container_stream(chunks: &[&[u8]]) {
+    use ember_devices::virtio::console::PortBackend;
+    let pipe = || -> Option<(std::fs::File, std::fs::File)> {
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for two descriptors.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            return None;
+        }
+        // SAFETY: two descriptors just created, owned by nothing else.
+        Some(unsafe {
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        })
+    };
+    let (Some((out_r, out_w)), Some((err_r, err_w)), Some((in_r, _in_w))) =
+        (pipe(), pipe(), pipe())
+    else {
+        return;
+    };
+    let spec = crate::container::ContainerConfig::new("/r", vec!["true".into()]).spec();
+    let (Ok(stdout), Ok(stderr)) = (
+        crate::container::stream::HostOut::open(out_w.as_raw_fd(), "stdout"),
+        crate::container::stream::HostOut::open(err_w.as_raw_fd(), "stderr"),
+    ) else {
+        return;
+    };
+    let Ok((mut backend, handle)) = crate::container::stream::StreamBackend::with(
+        Some(spec),
+        crate::container::stream::Start::AtReady,
+        crate::stdin::Stdin::open(in_r.as_raw_fd()),
+        stdout,
+        stderr,
+    ) else {
+        return;
+    };
+    let drain = |f: &std::fs::File| {
+        let mut buf = [0u8; 65536];
+        // SAFETY: buf is valid for its length.
+        while unsafe { libc::read(f.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    };
+    for c in chunks {
+        let mut rest: &[u8] = c;
+        for _ in 0..64 {
+            if rest.is_empty() {
+                break;
+            }
+            let n = backend.take_from_guest(rest);
+            assert!(n <= rest.len(), "took more than given");
+            rest = &rest[n..];
+            drain(&out_r);
+            drain(&err_r);
+            backend.ready(-1);
+        }
+        let out = backend.to_guest(4096);
+        assert!(out.len() <= 4096);
+    }
+    let _ = handle.end();
+}
+
+/// The 9P file server's request patcher on arbitrary bytes: it never
+/// changes a request's length or panics.
+pub fn p9_request(bytes: &[u8]) {
+    let mut m = bytes.to_vec();
+    crate::container::file_server::harden(&mut m);
+    assert_eq!(m.len(), bytes.len());
+}

@@ -224,6 +224,20 @@ fn run_container(
         Ok(s) => s,
         Err(_) => return 125,
     };
+    // -t: this terminal goes raw (restored when the guard drops, and on
+    // every other exit path), so Ctrl-C is a byte for CMD's terminal.
+    let raw = config
+        .container
+        .as_ref()
+        .and_then(|c| c.tty)
+        .map(|_| ember::terminal::RawMode::enter_fully());
+    let _raw = match raw.transpose() {
+        Ok(r) => r.flatten(),
+        Err(e) => {
+            eprintln!("ember: cannot put the terminal in raw mode: {e}");
+            return 125;
+        }
+    };
     let mut vm = match ember::container::start(config, mode) {
         Ok(vm) => vm,
         Err(e) => return fail(125, &e),

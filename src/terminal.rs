@@ -48,6 +48,17 @@ pub struct RawMode(());
 impl RawMode {
     /// Switches stdin to raw mode if it is a terminal; None otherwise.
     pub fn enter() -> std::io::Result<Option<Self>> {
+        Self::enter_with(true)
+    }
+
+    /// Raw mode with output processing off too: every byte written
+    /// reaches the terminal as it is (a container's terminal, whose own
+    /// line discipline already turned "\n" into "\r\n").
+    pub fn enter_fully() -> std::io::Result<Option<Self>> {
+        Self::enter_with(false)
+    }
+
+    fn enter_with(output_processing: bool) -> std::io::Result<Option<Self>> {
         if !is_tty(libc::STDIN_FILENO) {
             return Ok(None);
         }
@@ -68,7 +79,9 @@ impl RawMode {
         unsafe { libc::cfmakeraw(&mut raw) };
         // Keep output post-processing so "\n" from Ember's own messages
         // still returns the carriage; the guest's output is raw anyway.
-        raw.c_oflag |= libc::OPOST;
+        if output_processing {
+            raw.c_oflag |= libc::OPOST;
+        }
         // SAFETY: valid descriptor and pointer.
         if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
             let e = std::io::Error::last_os_error();
@@ -99,4 +112,22 @@ pub fn install_panic_hook() {
         }
         previous(info);
     }));
+}
+
+/// The size (rows, columns) of the terminal on stdin or stdout, if either
+/// is one.
+pub fn window_size() -> Option<(u16, u16)> {
+    [libc::STDIN_FILENO, libc::STDOUT_FILENO]
+        .into_iter()
+        .find_map(|fd| {
+            let mut w = libc::winsize {
+                ws_row: 0,
+                ws_col: 0,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: TIOCGWINSZ writes one winsize.
+            let ok = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut w) } == 0;
+            (ok && w.ws_row > 0 && w.ws_col > 0).then_some((w.ws_row, w.ws_col))
+        })
 }

@@ -286,3 +286,91 @@ fn exit_codes_follow_podman() {
         );
     }
 }
+
+/// `-t` through a real pseudo-terminal: CMD's streams are a terminal of
+/// this one's size, and Ctrl-C typed here reaches CMD as SIGINT (130).
+#[test]
+#[ignore = "boots the guest kit (needs KVM): make test"]
+fn a_terminal_run_gets_a_tty_its_size_and_ctrl_c() {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    common::require_kvm();
+    let dir = common::scratch("container_tty");
+    let root = rootfs(&dir);
+    for a in ["tty", "stty", "sleep"] {
+        symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+    let (mut master, mut slave) = (0, 0);
+    let size = libc::winsize {
+        ws_row: 30,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    assert_eq!(r, 0);
+    // SAFETY: just created, owned here.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let _slot = BootSlot::acquire();
+    let stdio = || Stdio::from(slave.try_clone().unwrap());
+    let mut child = Command::new(common::ember_bin())
+        .args(["run", "-t", "--kernel"])
+        .arg(kit().0)
+        .arg("--rootfs")
+        .arg(&root)
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "tty; stty size; echo ready; sleep 100; echo not-interrupted",
+        ])
+        .stdin(stdio())
+        .stdout(stdio())
+        .stderr(stdio())
+        .spawn()
+        .unwrap();
+    drop(slave);
+    let mut file = std::fs::File::from(master);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        match file.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    assert!(text.contains("/dev/pts/0"), "{text:?}");
+    assert!(text.contains("30 100"), "the size came through: {text:?}");
+    assert!(
+        !text.contains("\r\r\n"),
+        "output bytes are not rewritten on the host: {text:?}"
+    );
+    file.write_all(b"\x03").unwrap();
+    let status = child.wait().unwrap();
+    // The rest, once the run ended (the host terminal is not read any more).
+    // SAFETY: fcntl on a descriptor owned by `file`.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    while let Ok(n) = file.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "{:?}",
+        String::from_utf8_lossy(&seen)
+    );
+    assert!(!String::from_utf8_lossy(&seen).contains("not-interrupted"));
+}

@@ -39,6 +39,9 @@ pub struct Spec {
     /// The root directory's share.
     pub root: RootShare,
     pub volumes: Vec<Volume>,
+    /// A pseudo-terminal for CMD of this size (rows, columns): its stdin,
+    /// stdout and stderr are the terminal, Ctrl-C in the input is SIGINT.
+    pub tty: Option<(u16, u16)>,
 }
 
 /// The root: a 9P share, written in place or overlaid.
@@ -189,6 +192,7 @@ mod tests {
                 overlay: false,
             },
             volumes: Vec::new(),
+            tty: Some((24, 80)),
         };
         let msgs = spec_messages(&spec);
         assert_eq!(msgs.last(), Some(&ToGuest::SpecEnd));

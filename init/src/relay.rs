@@ -279,7 +279,15 @@ pub(crate) fn relay(
             }
         }
         if stdin_eof && pending.is_empty() {
-            child.stdin = None;
+            if child.tty {
+                // A terminal's end of input is its EOF character (closing
+                // the master would hang the session up).
+                pending.push(4);
+                stdin_eof = false;
+                child.tty = false;
+            } else {
+                child.stdin = None;
+            }
         }
         if fds[4].revents != 0 {
             let mut info = [0u8; 128];

@@ -18,6 +18,8 @@ pub(crate) struct Child {
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
+    /// stdin and stdout are a terminal's master side.
+    pub tty: bool,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
@@ -46,6 +48,9 @@ fn environment(spec: &Spec) -> Vec<Vec<u8>> {
     }
     if !has(&env, b"HOSTNAME") {
         env.push(format!("HOSTNAME={}", spec.hostname).into_bytes());
+    }
+    if spec.tty.is_some() && !has(&env, b"TERM") {
+        env.push(b"TERM=xterm".to_vec());
     }
     env
 }
@@ -129,10 +134,30 @@ pub(crate) fn start(spec: &Spec) -> Result<Child, String> {
             format!("ember: {}: permission denied\n", String::from_utf8_lossy(p)),
         )),
     };
-    let (in_r, in_w) = pipe()?;
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
     use std::os::fd::AsRawFd;
+    // With a terminal, CMD's three streams are its slave side and the
+    // init holds the master (read for output, written for input).
+    let (in_r, in_w, out_r, out_w, err_r, err_w, tty) = match spec.tty {
+        None => {
+            let (in_r, in_w) = pipe()?;
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            (in_r, Some(in_w), out_r, out_w, Some(err_r), err_w, false)
+        }
+        Some((rows, cols)) => {
+            let (master, slave) = openpty(rows, cols)?;
+            let dup = |f: &OwnedFd| f.try_clone().map_err(|e| format!("dup: {e}"));
+            (
+                dup(&slave)?,
+                Some(dup(&master)?),
+                master,
+                dup(&slave)?,
+                None,
+                slave,
+                true,
+            )
+        }
+    };
     let (i, o, e) = (in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd());
     // SAFETY: the init is single-threaded, so the child may do anything the
     // parent could; it only calls async-signal-safe functions anyway.
@@ -145,6 +170,9 @@ pub(crate) fn start(spec: &Spec) -> Result<Child, String> {
             libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             libc::setsid();
+            if tty {
+                libc::ioctl(i, libc::TIOCSCTTY, 0);
+            }
             libc::dup2(i, 0);
             libc::dup2(o, 1);
             libc::dup2(e, 2);
@@ -172,8 +200,37 @@ pub(crate) fn start(spec: &Spec) -> Result<Child, String> {
     drop((in_r, out_w, err_w));
     Ok(Child {
         pid,
-        stdin: Some(in_w),
+        stdin: in_w,
         stdout: Some(out_r),
-        stderr: Some(err_r),
+        stderr: err_r,
+        tty,
     })
+}
+
+/// A pseudo-terminal pair of this size: (master, slave).
+fn openpty(rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd), String> {
+    let (mut master, mut slave) = (0, 0);
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors; no name buffer, no termios.
+    check("openpty", unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    })?;
+    // SAFETY: both just created, owned by nobody else; CLOEXEC so the
+    // child keeps only what it dup2s.
+    unsafe {
+        libc::fcntl(master, libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::fcntl(slave, libc::F_SETFD, libc::FD_CLOEXEC);
+        Ok((OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)))
+    }
 }

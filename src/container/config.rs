@@ -67,6 +67,9 @@ pub struct ContainerConfig {
     pub workdir: Option<PathBuf>,
     pub volumes: Vec<VolumeConfig>,
     pub hostname: String,
+    /// A pseudo-terminal in the guest for CMD, this size (rows, columns);
+    /// None: pipes.
+    pub tty: Option<(u16, u16)>,
 }
 
 impl ContainerConfig {
@@ -79,6 +82,7 @@ impl ContainerConfig {
             workdir: None,
             volumes: Vec::new(),
             hostname: "ember".to_string(),
+            tty: None,
         }
     }
 
@@ -163,6 +167,7 @@ impl ContainerConfig {
                     read_only: v.read_only,
                 })
                 .collect(),
+            tty: self.tty,
         }
     }
 
