@@ -1,4 +1,5 @@
-//! Bad boot inputs (BAD_INPUTS.md 21-23): each ends with exit code 2 and a
+//! Bad boot inputs (BAD_INPUTS.md 21-23): each ends with exit code 2 (125
+//! for a container run, as podman) and a
 //! message naming the input, before any guest code runs. Ember checks all
 //! of these before it opens /dev/kvm, so they run on any host.
 
@@ -313,4 +314,89 @@ fn bad_disks_are_named_before_boot() {
     let mut args = vec!["--kernel", k];
     args.extend(many.iter().map(String::as_str));
     expect_usage_error(&args, &["20 virtio devices", "at most 19"]);
+}
+
+/// A container run's bad inputs: exit 125 (podman's code for the runtime's
+/// own failure) naming the input, before a guest or a template boots.
+#[test]
+fn bad_container_inputs_exit_125_naming_the_input() {
+    let dir = scratch("bad_container");
+    let kernel = small_kernel(&dir);
+    let k = kernel.to_str().unwrap();
+    let not_dir = file(&dir, "plain", b"x");
+    let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            vec![
+                "--rootfs".into(),
+                "/nonexistent/ember-root".into(),
+                "--".into(),
+                "true".into(),
+            ],
+            vec!["/nonexistent/ember-root", "cannot open"],
+        ),
+        (
+            vec![
+                "--rootfs".into(),
+                not_dir.display().to_string(),
+                "--".into(),
+                "true".into(),
+            ],
+            vec!["plain", "not a directory"],
+        ),
+        (
+            vec![
+                "--rootfs".into(),
+                dir.display().to_string(),
+                "-v".into(),
+                "/nonexistent/vol:/v".into(),
+                "--".into(),
+                "true".into(),
+            ],
+            vec!["/nonexistent/vol"],
+        ),
+        (
+            vec![
+                "--rootfs".into(),
+                dir.display().to_string(),
+                "-e".into(),
+                "NOEQUALS".into(),
+                "--".into(),
+                "true".into(),
+            ],
+            vec!["-e \"NOEQUALS\"", "KEY=VALUE"],
+        ),
+        (
+            vec![
+                "--rootfs".into(),
+                dir.display().to_string(),
+                "-v".into(),
+                "rel:/x:rw:extra".into(),
+                "--".into(),
+                "true".into(),
+            ],
+            vec!["-v \"rel:/x:rw:extra\""],
+        ),
+        (vec!["--".into(), "true".into()], vec!["needs --rootfs"]),
+        (
+            vec![
+                "--rootfs".into(),
+                dir.display().to_string(),
+                "--bogus-flag".into(),
+                "--".into(),
+                "true".into(),
+            ],
+            vec!["--bogus-flag"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let mut full = vec!["--kernel", k];
+        full.extend(args.iter().map(String::as_str));
+        let out = run_ember(&full, LIMIT);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: stderr lacks {n:?}: {err}");
+        }
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }

@@ -78,6 +78,8 @@ pub fn start(config: &VmConfig, mode: StartMode) -> Result<Vm, Error> {
         return Vm::start(config);
     }
     config.validate()?;
+    // A bad directory is named before any template is made or restored.
+    super::check_directories(container)?;
     let (state, memory) = ensure(config)?;
     let mut restore = RestoreConfig::new(state, memory);
     restore.console = config.console.clone();
