@@ -19,7 +19,14 @@ fn main() {
             e.exit()
         }
     };
-    let level = if cli.verbose { "info" } else { "warn" };
+    // A container run prints nothing but CMD's streams: Ember's own
+    // warnings (a guest's misbehaving driver, say) only with --verbose.
+    let container = matches!(&cli.command, Some(Command::Run(a)) if a.is_container());
+    let level = match (cli.verbose, container) {
+        (true, _) => "info",
+        (false, true) => "error",
+        (false, false) => "warn",
+    };
     let mut logger =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level));
     // Logging never blocks a vCPU or the event loop on a stuck stderr.

@@ -116,6 +116,7 @@ fn one_run_checks_streams_args_env_volumes_and_the_share_boundary() {
         r=/vol/report
         wc -l > /vol/lines
         printf '%s\0' "$@" > /vol/args
+        printf '%s' "$BIG" | wc -c > /vol/big_env
         printf '%s' "$K" > /vol/env_k
         pwd > /vol/pwd
         hostname > /vol/hostname
@@ -135,6 +136,10 @@ fn one_run_checks_streams_args_env_volumes_and_the_share_boundary() {
         cat /vol/err.bin >&2
         exit 7
     "#;
+    // Over 128 KiB of arguments and environment in all (each string under
+    // Linux's 128 KiB limit for one).
+    let big_arg = vec![b'a'; 40 << 10];
+    let big_env = format!("BIG={}", "b".repeat(60 << 10));
     let args: Vec<&[u8]> = vec![
         b"/bin/sh",
         b"-c",
@@ -145,6 +150,9 @@ fn one_run_checks_streams_args_env_volumes_and_the_share_boundary() {
         b"",
         "\u{e9}t\u{e9}".as_bytes(),
         b"'\"$HOME\"'",
+        &big_arg,
+        &big_arg,
+        &big_arg,
     ];
     let vol_flag = format!("{}:/vol", vol.display());
     let ro_flag = format!("{}:/ro:ro", ro.display());
@@ -162,6 +170,8 @@ fn one_run_checks_streams_args_env_volumes_and_the_share_boundary() {
             "/work/dir",
             "-e",
             "K=a b\tc",
+            "-e",
+            &big_env,
             "--hostname",
             "box1",
         ],
@@ -199,6 +209,7 @@ fn one_run_checks_streams_args_env_volumes_and_the_share_boundary() {
     }
     assert_eq!(read("args"), want, "arguments round-trip");
     assert_eq!(read("env_k"), b"a b\tc");
+    assert_eq!(read("big_env"), format!("{}\n", 60 << 10).as_bytes());
     assert_eq!(read("pwd"), b"/work/dir\n");
     assert_eq!(read("hostname"), b"box1\n");
     assert_eq!(
@@ -373,4 +384,53 @@ fn a_terminal_run_gets_a_tty_its_size_and_ctrl_c() {
         String::from_utf8_lossy(&seen)
     );
     assert!(!String::from_utf8_lossy(&seen).contains("not-interrupted"));
+}
+
+/// SIGTERM sent to Ember goes to CMD first: a CMD that traps it exits with
+/// its own status.
+#[test]
+#[ignore = "boots the guest kit (needs KVM): make test"]
+fn a_stop_signal_reaches_cmd_first() {
+    use std::io::Read;
+    common::require_kvm();
+    let dir = common::scratch("container_sigterm");
+    let root = rootfs(&dir);
+    symlink("busybox", root.join("bin/sleep")).unwrap();
+    let _slot = BootSlot::acquire();
+    let mut child = Command::new(common::ember_bin())
+        .args(["run", "--kernel"])
+        .arg(kit().0)
+        .arg("--rootfs")
+        .arg(&root)
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 1; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        match out.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    // SAFETY: kill on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    out.read_to_end(&mut seen).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(42),
+        "{:?}",
+        String::from_utf8_lossy(&seen)
+    );
+    assert!(String::from_utf8_lossy(&seen).contains("got-term"));
 }
