@@ -53,9 +53,22 @@ pub(crate) fn build(config: &VmConfig) -> Result<Machine, Error> {
     let container = config
         .container
         .as_ref()
-        .map(crate::container::prepare)
+        .map(|c| crate::container::prepare(c, None))
         .transpose()?;
     build_with(config, disks, nets, container)
+}
+
+/// A container run's boot with its host side prepared by the caller
+/// (its own stdio): `config.container` is what `container` was made for.
+pub(crate) fn build_container(
+    config: &VmConfig,
+    container: crate::container::Prepared,
+) -> Result<Machine, Error> {
+    config.validate()?;
+    check_memory_fits_host(config.memory)?;
+    let disks = virtio_devices::open_disks(&config.disks)?;
+    let nets = virtio_devices::open_nets(&config.nets)?;
+    build_with(config, disks, nets, Some(container))
 }
 
 /// A container template's boot (src/container/template.rs): `config`

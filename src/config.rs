@@ -241,6 +241,8 @@ pub fn parse_size(text: &str) -> Result<u64, ConfigError> {
 pub enum ConfigError {
     #[error(transparent)]
     Container(#[from] crate::container::ContainerConfigError),
+    #[error("a container start needs VmConfig::container (the root and the command)")]
+    NoContainer,
     #[error("{flag}: the path is empty")]
     EmptyPath { flag: &'static str },
     #[error("--cpus {value}: must be between 1 and {max}")]

@@ -107,6 +107,14 @@ pub enum RestoreError {
 /// Builds the snapshot's VM and starts its threads; the vCPUs run the
 /// guest from where it was (or park first, without `resume`).
 pub(crate) fn restore(config: &RestoreConfig) -> Result<Machine, Error> {
+    restore_with(config, None)
+}
+
+/// `restore`, a container template's run getting `stdio` for CMD.
+pub(crate) fn restore_with(
+    config: &RestoreConfig,
+    stdio: Option<crate::container::ContainerStdio>,
+) -> Result<Machine, Error> {
     let path = config.snapshot.clone();
     let snap: Snapshot = file::read(&path).map_err(RestoreError::from)?;
     let m = &snap.machine;
@@ -130,7 +138,7 @@ pub(crate) fn restore(config: &RestoreConfig) -> Result<Machine, Error> {
     let (extra, container) = match (m.container_shares, &config.container) {
         (Some(slots), Some(c)) => {
             c.validate().map_err(crate::config::ConfigError::from)?;
-            let (devices, handle) = crate::container::attach_to_template(c, slots)?;
+            let (devices, handle) = crate::container::attach_to_template(c, slots, stdio)?;
             (devices, Some(handle))
         }
         (None, None) => (Vec::new(), None),

@@ -63,6 +63,31 @@ impl Vm {
         Self::own(crate::builder::build_template(config, container)?)
     }
 
+    /// Boots a container run whose CMD streams are `stdio`.
+    pub(crate) fn start_container(
+        config: &VmConfig,
+        stdio: crate::container::ContainerStdio,
+    ) -> Result<Vm, Error> {
+        crate::reaper::before_start();
+        config.validate()?;
+        let c = config
+            .container
+            .as_ref()
+            .ok_or(crate::config::ConfigError::NoContainer)?;
+        let prepared = crate::container::prepare(c, Some(stdio))?;
+        Self::own(crate::builder::build_container(config, prepared)?)
+    }
+
+    /// Restores a container template for a run whose CMD streams are
+    /// `stdio` (Ember's own when None).
+    pub(crate) fn restore_container(
+        config: &RestoreConfig,
+        stdio: Option<crate::container::ContainerStdio>,
+    ) -> Result<Vm, Error> {
+        crate::reaper::before_start();
+        Self::own(crate::restore::restore_with(config, stdio)?)
+    }
+
     /// A container guest's init has said it is ready for its command.
     pub(crate) fn container_ready(&self) -> bool {
         self.container.as_ref().is_some_and(|c| c.init_ready())

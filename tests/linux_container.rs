@@ -434,3 +434,61 @@ fn a_stop_signal_reaches_cmd_first() {
     );
     assert!(String::from_utf8_lossy(&seen).contains("got-term"));
 }
+
+/// The library's streams: CMD on the caller's pipes, its status after
+/// `wait` (a restored template, like the CLI's default).
+#[test]
+#[ignore = "boots the guest kit (needs KVM): make test"]
+fn the_library_runs_cmd_on_its_own_pipes() {
+    use ember::container::{start_with, ContainerConfig, ContainerEnd, ContainerStdio, StartMode};
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    common::require_kvm();
+    let dir = common::scratch("container_library");
+    let root = rootfs(&dir);
+    let pipe = || {
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for two descriptors.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: just created, owned here.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    };
+    let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = (pipe(), pipe(), pipe());
+    let mut config = ember::VmConfig::new(kit().0);
+    config.console = ember::ConsoleMode::Scripted { echo: false };
+    config.container = Some(ContainerConfig::new(
+        &root,
+        vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "cat; echo to-stderr >&2; exit 3".into(),
+        ],
+    ));
+    let _slot = BootSlot::acquire();
+    let stdio = ContainerStdio {
+        stdin: in_r,
+        stdout: out_w,
+        stderr: err_w,
+    };
+    let mut vm = start_with(&config, StartMode::Template, stdio).unwrap();
+    let mut input = std::fs::File::from(in_w);
+    input.write_all(b"from the library\n").unwrap();
+    drop(input);
+    let reader = |fd: OwnedFd| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            std::fs::File::from(fd).read_to_end(&mut v).unwrap();
+            v
+        })
+    };
+    let (out, err) = (reader(out_r), reader(err_r));
+    let exit = vm.wait();
+    assert_eq!(
+        vm.container_end(),
+        Some(ContainerEnd::Exited(3)),
+        "{exit:?}"
+    );
+    drop(vm);
+    assert_eq!(out.join().unwrap(), b"from the library\n");
+    assert_eq!(err.join().unwrap(), b"to-stderr\n");
+}

@@ -21,8 +21,8 @@ use crate::config::VmConfig;
 pub(crate) use stream::ContainerHandle;
 
 pub use config::{ContainerConfig, ContainerConfigError, VolumeConfig};
-pub use stream::ContainerEnd;
-pub use template::{start, StartMode, TemplateError, TEMPLATE_SHARES};
+pub use stream::{ContainerEnd, ContainerStdio};
+pub use template::{start, start_with, StartMode, TemplateError, TEMPLATE_SHARES};
 
 /// What the guest kernel is told for a container run: no console chatter
 /// on the way (it goes to the console log); a panic resets the guest at
@@ -98,10 +98,11 @@ fn run_devices(
     config: &ContainerConfig,
     start: stream::Start,
     slots: usize,
+    stdio: Option<ContainerStdio>,
 ) -> Result<(Vec<ExtraDevice>, ContainerHandle), ContainerError> {
     check_directories(config)?;
-    let (backend, handle) =
-        stream::StreamBackend::new(Some(config.spec()), start).map_err(ContainerError::Streams)?;
+    let (backend, handle) = stream::StreamBackend::new(Some(config.spec()), start, stdio)
+        .map_err(ContainerError::Streams)?;
     let mut devices = vec![ExtraDevice {
         device: Box::new(Console::new(PORT_NAME, Box::new(backend))),
         own_thread: None,
@@ -135,7 +136,7 @@ fn run_devices(
 /// yet, `shares` share slots that refuse requests.
 pub(crate) fn prepare_template(shares: u8) -> Result<Prepared, ContainerError> {
     let initramfs = initramfs::Initramfs::build().map_err(ContainerError::Initramfs)?;
-    let (backend, handle) = stream::StreamBackend::new(None, stream::Start::AtReady)
+    let (backend, handle) = stream::StreamBackend::new(None, stream::Start::AtReady, None)
         .map_err(ContainerError::Streams)?;
     let mut devices = vec![ExtraDevice {
         device: Box::new(Console::new(PORT_NAME, Box::new(backend))),
@@ -160,6 +161,7 @@ pub(crate) fn prepare_template(shares: u8) -> Result<Prepared, ContainerError> {
 pub(crate) fn attach_to_template(
     config: &ContainerConfig,
     slots: u8,
+    stdio: Option<ContainerStdio>,
 ) -> Result<(Vec<ExtraDevice>, ContainerHandle), ContainerError> {
     if config.shares().len() > usize::from(slots) {
         return Err(ContainerError::TooManyShares {
@@ -167,14 +169,17 @@ pub(crate) fn attach_to_template(
             slots,
         });
     }
-    run_devices(config, stream::Start::Now, slots.into())
+    run_devices(config, stream::Start::Now, slots.into(), stdio)
 }
 
 /// Checks the directories, starts a file server per share and builds
 /// the initramfs.
-pub(crate) fn prepare(config: &ContainerConfig) -> Result<Prepared, ContainerError> {
+pub(crate) fn prepare(
+    config: &ContainerConfig,
+    stdio: Option<ContainerStdio>,
+) -> Result<Prepared, ContainerError> {
     let initramfs = initramfs::Initramfs::build().map_err(ContainerError::Initramfs)?;
-    let (devices, handle) = run_devices(config, stream::Start::AtReady, 0)?;
+    let (devices, handle) = run_devices(config, stream::Start::AtReady, 0, stdio)?;
     Ok(Prepared {
         devices,
         handle,

@@ -171,6 +171,14 @@ impl HostOut {
     }
 }
 
+/// Host descriptors for CMD's stdin, stdout and stderr (a library user's
+/// pipes, sockets or files) instead of Ember's own; the stream owns them.
+pub struct ContainerStdio {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
 /// When the spec goes to the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Start {
@@ -201,18 +209,39 @@ pub(crate) struct StreamBackend {
     done_sent: bool,
     broken: bool,
     shared: Arc<Shared>,
+    /// The descriptors a library user gave (None: Ember's own stdio).
+    stdio: Option<ContainerStdio>,
 }
 
 impl StreamBackend {
-    /// Ember's own stdin, stdout and stderr; `spec` None for a template.
-    pub(crate) fn new(spec: Option<Spec>, start: Start) -> io::Result<(Self, ContainerHandle)> {
-        Self::with(
+    /// CMD's streams on `stdio`, or on Ember's own stdin, stdout and
+    /// stderr; `spec` None for a template.
+    pub(crate) fn new(
+        spec: Option<Spec>,
+        start: Start,
+        stdio: Option<ContainerStdio>,
+    ) -> io::Result<(Self, ContainerHandle)> {
+        let fds = stdio.as_ref().map_or(
+            [libc::STDIN_FILENO, libc::STDOUT_FILENO, libc::STDERR_FILENO],
+            |s| {
+                [
+                    s.stdin.as_raw_fd(),
+                    s.stdout.as_raw_fd(),
+                    s.stderr.as_raw_fd(),
+                ]
+            },
+        );
+        let (mut backend, handle) = Self::with(
             spec,
             start,
-            Stdin::open(libc::STDIN_FILENO),
-            HostOut::open(libc::STDOUT_FILENO, "stdout")?,
-            HostOut::open(libc::STDERR_FILENO, "stderr")?,
-        )
+            Stdin::open(fds[0]),
+            HostOut::open(fds[1], "stdout")?,
+            HostOut::open(fds[2], "stderr")?,
+        )?;
+        // Kept open while the stream may use them (Stdin and HostOut may
+        // use these very descriptors).
+        backend.stdio = stdio;
+        Ok((backend, handle))
     }
 
     pub(crate) fn with(
@@ -245,6 +274,7 @@ impl StreamBackend {
             done_sent: false,
             broken: false,
             shared,
+            stdio: None,
         };
         if start == Start::Now {
             backend.start();

@@ -66,16 +66,39 @@ pub enum StartMode {
     Boot,
 }
 
-/// Starts a container run (`config.container` set).
+/// Starts a container run (`config.container` set), CMD's streams on
+/// Ember's own stdin, stdout and stderr.
 pub fn start(config: &VmConfig, mode: StartMode) -> Result<Vm, Error> {
+    start_inner(config, mode, None)
+}
+
+/// Starts a container run whose CMD reads `stdio.stdin` and writes
+/// `stdio.stdout` and `stdio.stderr` (pipes, sockets or files of the
+/// caller's): the library's streams.
+pub fn start_with(
+    config: &VmConfig,
+    mode: StartMode,
+    stdio: super::ContainerStdio,
+) -> Result<Vm, Error> {
+    start_inner(config, mode, Some(stdio))
+}
+
+fn start_inner(
+    config: &VmConfig,
+    mode: StartMode,
+    stdio: Option<super::ContainerStdio>,
+) -> Result<Vm, Error> {
     let Some(container) = &config.container else {
-        return Vm::start(config);
+        return Err(crate::config::ConfigError::NoContainer.into());
     };
     let fits = config.disks.is_empty()
         && config.nets.is_empty()
         && container.shares().len() <= usize::from(TEMPLATE_SHARES);
     if mode == StartMode::Boot || !fits {
-        return Vm::start(config);
+        return match stdio {
+            Some(stdio) => Vm::start_container(config, stdio),
+            None => Vm::start(config),
+        };
     }
     config.validate()?;
     // A bad directory is named before any template is made or restored.
@@ -85,7 +108,7 @@ pub fn start(config: &VmConfig, mode: StartMode) -> Result<Vm, Error> {
     restore.console = config.console.clone();
     restore.seccomp = config.seccomp;
     restore.container = Some(container.clone());
-    Vm::restore(&restore)
+    Vm::restore_container(&restore, stdio)
 }
 
 fn cache_root() -> Result<PathBuf, TemplateError> {
