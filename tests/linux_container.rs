@@ -30,6 +30,19 @@ fn rootfs(dir: &Path) -> PathBuf {
     root
 }
 
+/// What `from` gives until `marker` is in it (or its end).
+fn read_until(from: &mut impl std::io::Read, marker: &str) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(marker) {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    seen
+}
+
 /// Runs `ember run` with `flags`, then `--`, then `cmd`; `stdin` is fed
 /// and closed. Fails on crash lines in the guest's console.
 fn ember(dir: &Path, flags: &[&str], cmd: &[&[u8]], stdin: &[u8]) -> Output {
@@ -351,14 +364,7 @@ fn a_terminal_run_gets_a_tty_its_size_and_ctrl_c() {
         .unwrap();
     drop(slave);
     let mut file = std::fs::File::from(master);
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains("ready") {
-        match file.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
+    let mut seen = read_until(&mut file, "ready");
     let text = String::from_utf8_lossy(&seen).into_owned();
     assert!(text.contains("/dev/pts/0"), "{text:?}");
     assert!(text.contains("30 100"), "the size came through: {text:?}");
@@ -371,12 +377,8 @@ fn a_terminal_run_gets_a_tty_its_size_and_ctrl_c() {
     // The rest, once the run ended (the host terminal is not read any more).
     // SAFETY: fcntl on a descriptor owned by `file`.
     unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-    while let Ok(n) = file.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        seen.extend_from_slice(&buf[..n]);
-    }
+    // What was there is kept when the read ends in EAGAIN or EIO.
+    let _ = file.read_to_end(&mut seen);
     assert_eq!(
         status.code(),
         Some(130),
@@ -414,14 +416,7 @@ fn a_stop_signal_reaches_cmd_first() {
         .spawn()
         .unwrap();
     let mut out = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    while !String::from_utf8_lossy(&seen).contains("ready") {
-        match out.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
+    let mut seen = read_until(&mut out, "ready");
     // SAFETY: kill on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     out.read_to_end(&mut seen).unwrap();

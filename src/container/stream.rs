@@ -19,6 +19,7 @@ use ember_devices::virtio::HostWatch;
 use ember_guest_proto::{encode, spec_messages, Decoder, FromGuest, Spec, ToGuest, MAX_CHUNK};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::lock;
 use crate::stdin::{ReadOutcome, Stdin};
 
 /// How a container run ended, as far as its init said.
@@ -62,10 +63,6 @@ impl ContainerHandle {
         lock(&self.shared.signals).push_back(signal);
         let _ = self.shared.wake.write(1);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How writes to one of Ember's output descriptors are kept from blocking.
