@@ -24,7 +24,8 @@ pub enum ThreadKind {
     Vcpu,
     /// The VM's event loop: queue notifications, TAPs, console input.
     EventLoop,
-    /// A disk's I/O loop: preadv/pwritev/fdatasync on its image.
+    /// A disk's I/O loop: pread/pwrite (one-buffer requests), preadv/pwritev
+    /// and fdatasync on its image.
     DiskWorker,
     /// Writes the console's (and the log's) output to stdout/stderr.
     ConsoleOut,
@@ -152,7 +153,8 @@ fn extra(kind: ThreadKind) -> Vec<Call> {
             SYS_fcntl,
             SYS_ioctl,
         ],
-        // epoll and eventfds; the image's reads, writes and syncs; a
+        // epoll and eventfds; the image's reads, writes and syncs (pread64
+        // and pwrite64 for a request with one data buffer); a
         // share's requests to its file server (read and write on its
         // socket), and the server let go (shutdown, wait4).
         ThreadKind::DiskWorker => calls![
@@ -162,6 +164,8 @@ fn extra(kind: ThreadKind) -> Vec<Call> {
             SYS_epoll_pwait,
             SYS_epoll_ctl,
             SYS_read,
+            SYS_pread64,
+            SYS_pwrite64,
             SYS_preadv,
             SYS_pwritev,
             SYS_fdatasync,

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::iov::{chain_iovecs, pread_all, pwrite_all};
+use super::iov::{chain_iovecs, pread_all, pread_slice_all, pwrite_all, pwrite_slice_all};
 use super::{Activation, Interrupt, VirtioDevice, INT_VRING};
 use crate::ratelimit::LogLimiter;
 
@@ -71,6 +71,10 @@ pub struct Block {
     queue_sizes: [u16; 1],
     /// Every guest-triggerable line goes through here.
     log: LogLimiter,
+    /// The descriptor buffer `process_queue` fills for each chain (taken
+    /// out during a call, kept between calls) so that a request costs no
+    /// allocation.
+    descs: Vec<Descriptor>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +105,7 @@ impl Block {
             state: State::Inactive,
             queue_sizes: [QUEUE_SIZE],
             log: LogLimiter::new(),
+            descs: Vec::new(),
         })
     }
 
@@ -119,27 +124,27 @@ impl Block {
 }
 
 /// The guest's request, parsed and checked.
-struct Request {
+struct Request<'d> {
     kind: u32,
     sector: u64,
-    data: Vec<Descriptor>,
+    data: &'d [Descriptor],
     status: Descriptor,
 }
 
 /// What a chain turned out to be.
-enum Parsed {
+enum Parsed<'d> {
     /// No usable status byte, or buffers outside RAM: returned with length
     /// 0, nothing touched.
     Malformed,
     /// A status byte, but more data segments than SEG_MAX or one larger than
     /// SIZE_MAX: VIRTIO_BLK_S_IOERR, nothing else touched.
     TooLarge(Descriptor),
-    Request(Request),
+    Request(Request<'d>),
 }
 
 /// Splits a chain into header, data and status, checking directions, that
 /// every buffer lies in guest RAM, and the advertised segment limits.
-fn parse(mem: &GuestMemoryMmap, descs: Vec<Descriptor>) -> Parsed {
+fn parse<'d>(mem: &GuestMemoryMmap, descs: &'d [Descriptor]) -> Parsed<'d> {
     let Some((first, rest)) = descs.split_first() else {
         return Parsed::Malformed;
     };
@@ -168,12 +173,12 @@ fn parse(mem: &GuestMemoryMmap, descs: Vec<Descriptor>) -> Parsed {
     Parsed::Request(Request {
         kind,
         sector,
-        data: data.to_vec(),
+        data,
         status: *status,
     })
 }
 
-impl Request {
+impl Request<'_> {
     /// What running it costs against WORK_BYTES_PER_EVENT.
     fn cost(&self) -> u64 {
         let bytes = match self.kind {
@@ -202,22 +207,40 @@ impl Block {
         (end <= self.capacity_bytes).then_some((offset, total))
     }
 
-    /// IN: one preadv into every data buffer (short reads continued).
+    /// IN: one preadv into every data buffer (short reads continued); a
+    /// single buffer, the common case, without building an iovec list.
     fn read(&mut self, mem: &GuestMemoryMmap, r: &Request) -> Result<u32, u8> {
-        let bufs = chain_iovecs(mem, &r.data, true).ok_or(VIRTIO_BLK_S_IOERR)?;
-        let (offset, total) = self.span(r.sector, &r.data).ok_or(VIRTIO_BLK_S_IOERR)?;
-        pread_all(self.file.as_raw_fd(), &bufs, offset).map_err(|_| VIRTIO_BLK_S_IOERR)?;
+        let (offset, total) = self.span(r.sector, r.data).ok_or(VIRTIO_BLK_S_IOERR)?;
+        let fd = self.file.as_raw_fd();
+        let done = match r.data {
+            [one] => pread_slice_all(fd, &single_buffer(mem, one, true)?, offset),
+            data => pread_all(
+                fd,
+                &chain_iovecs(mem, data, true).ok_or(VIRTIO_BLK_S_IOERR)?,
+                offset,
+            ),
+        };
+        done.map_err(|_| VIRTIO_BLK_S_IOERR)?;
         u32::try_from(total).map_err(|_| VIRTIO_BLK_S_IOERR)
     }
 
-    /// OUT: one pwritev from every data buffer (short writes continued).
+    /// OUT: one pwritev from every data buffer (short writes continued),
+    /// a single buffer as in `read`.
     fn write(&mut self, mem: &GuestMemoryMmap, r: &Request) -> Result<u32, u8> {
         if self.read_only {
             return Err(VIRTIO_BLK_S_IOERR);
         }
-        let bufs = chain_iovecs(mem, &r.data, false).ok_or(VIRTIO_BLK_S_IOERR)?;
-        let (offset, _) = self.span(r.sector, &r.data).ok_or(VIRTIO_BLK_S_IOERR)?;
-        pwrite_all(self.file.as_raw_fd(), &bufs, offset).map_err(|_| VIRTIO_BLK_S_IOERR)?;
+        let (offset, _) = self.span(r.sector, r.data).ok_or(VIRTIO_BLK_S_IOERR)?;
+        let fd = self.file.as_raw_fd();
+        let done = match r.data {
+            [one] => pwrite_slice_all(fd, &single_buffer(mem, one, false)?, offset),
+            data => pwrite_all(
+                fd,
+                &chain_iovecs(mem, data, false).ok_or(VIRTIO_BLK_S_IOERR)?,
+                offset,
+            ),
+        };
+        done.map_err(|_| VIRTIO_BLK_S_IOERR)?;
         Ok(0)
     }
 
@@ -252,6 +275,21 @@ impl Block {
         };
         complete(mem, &r.status, status, written)
     }
+}
+
+/// A request's only data buffer, if it goes the expected way (device-
+/// writable for IN) and lies in one region of guest RAM, as
+/// `chain_iovecs` checks for a list.
+fn single_buffer<'m>(
+    mem: &'m GuestMemoryMmap,
+    d: &Descriptor,
+    write: bool,
+) -> Result<VolatileSlice<'m, ()>, u8> {
+    if d.is_write_only() != write {
+        return Err(VIRTIO_BLK_S_IOERR);
+    }
+    mem.get_slice(d.addr(), d.len() as usize)
+        .map_err(|_| VIRTIO_BLK_S_IOERR)
 }
 
 /// Writes the status byte; returns the used length (`written` data bytes
@@ -345,6 +383,8 @@ impl VirtioDevice for Block {
         }
         let (mem, interrupt) = (mem.clone(), interrupt.clone());
         let max_chains = queue.size();
+        // One descriptor buffer for every chain of this call.
+        let mut descs = std::mem::take(&mut self.descs);
         let mut chains = 0u16;
         let mut spent = 0u64;
         let mut more = false;
@@ -358,7 +398,9 @@ impl VirtioDevice for Block {
             };
             // Loops are caught at queue size; seg_max is checked by parse
             // (more segments get IOERR, not a silent cut).
-            let next = match super::pop_chain(queue, &mem, usize::from(max_chains)) {
+            descs.clear();
+            let next = match super::pop_chain_into(queue, &mem, usize::from(max_chains), &mut descs)
+            {
                 Ok(next) => next,
                 Err(e) => {
                     self.log.warn(
@@ -371,19 +413,19 @@ impl VirtioDevice for Block {
                     break;
                 }
             };
-            let (head, descs) = match next {
+            let (head, chain) = match next {
                 None => break,
-                Some(super::Popped::Chain { head, descs }) => (head, descs),
-                Some(super::Popped::Bad { head, why }) => {
+                Some(super::Taken::Chain(head)) => (head, descs.as_slice()),
+                Some(super::Taken::Bad { head, why }) => {
                     self.log.warn(
                         "bad-chain",
                         format_args!("virtio-blk: refusing chain {head}: {why}"),
                     );
-                    (head, Vec::new())
+                    (head, &[][..])
                 }
             };
             // An empty chain parses as malformed: length 0, nothing touched.
-            let used = match parse(&mem, descs) {
+            let used = match parse(&mem, chain) {
                 Parsed::Malformed => {
                     spent = spent.saturating_add(MIN_COST);
                     0
@@ -419,6 +461,7 @@ impl VirtioDevice for Block {
                 break;
             }
         }
+        self.descs = descs;
         let State::Active { notify, .. } = &mut self.state else {
             return;
         };
@@ -697,6 +740,40 @@ mod tests {
         r.mem.write_slice(&[0xee; 8], GuestAddress(DATA)).unwrap();
         let (used, status) = run(&r, false, &[desc(HDR, 16, N, 1), desc(DATA, 512, W | N, 0)]);
         assert_eq!((used, status), (vec![0], 0xff));
+        assert_eq!(r.mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(), 0xee);
+    }
+
+    #[test]
+    fn a_refused_chain_between_good_ones_leaves_them_whole() {
+        // The device keeps one descriptor buffer for every chain of a call:
+        // a chain refused half-way must not leave descriptors behind for
+        // the next one.
+        let r = rig("between");
+        header(&r.mem, VIRTIO_BLK_T_IN, 0);
+        let i = VRING_DESC_F_INDIRECT as u16;
+        let (used, status) = run(
+            &r,
+            false,
+            &[
+                desc(HDR, 16, N, 1),
+                desc(DATA, 512, W | N, 2),
+                desc(STATUS, 1, W, 0),
+                desc(HDR, 16, N, 4),
+                desc(DATA, 512, W | i, 0),
+                desc(HDR, 16, N, 6),
+                desc(DATA, 512, W | N, 7),
+                desc(STATUS, 1, W, 0),
+            ],
+        );
+        assert_eq!((used, status), (vec![513, 0, 513], VIRTIO_BLK_S_OK));
+    }
+
+    #[test]
+    fn a_zero_length_data_buffer_reads_nothing_and_succeeds() {
+        let r = rig("empty");
+        header(&r.mem, VIRTIO_BLK_T_IN, 0);
+        r.mem.write_slice(&[0xee; 8], GuestAddress(DATA)).unwrap();
+        assert_eq!(run(&r, false, &chain(0, W)), (vec![1], VIRTIO_BLK_S_OK));
         assert_eq!(r.mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(), 0xee);
     }
 

@@ -136,22 +136,63 @@ pub fn byte_count(n: isize) -> io::Result<usize> {
 }
 
 /// Reads `bufs.capacity()` bytes of file `fd` from `offset` into the
-/// buffers: one preadv, more only after a short read. End of file before
-/// that is an error (UnexpectedEof).
+/// buffers: one preadv (pread for a single buffer), more only after a
+/// short read. End of file before that is an error (UnexpectedEof).
 pub fn pread_all(fd: RawFd, bufs: &GuestIovecs, offset: u64) -> io::Result<()> {
-    transfer_all(bufs, offset, |iov, off| {
-        // SAFETY: the iovecs point into guest memory that `bufs` keeps
-        // borrowed for this call; at most MAX_IOVECS of them.
-        byte_count(unsafe { libc::preadv(fd, iov.as_ptr(), iov.len() as libc::c_int, off) })
+    // The iovecs point into guest memory that `bufs` keeps borrowed.
+    read_iovecs(fd, bufs.as_iovecs(), offset)
+}
+
+/// Writes the buffers to file `fd` from `offset`: one pwritev (pwrite for
+/// a single buffer), more only after a short write.
+pub fn pwrite_all(fd: RawFd, bufs: &GuestIovecs, offset: u64) -> io::Result<()> {
+    write_iovecs(fd, bufs.as_iovecs(), offset)
+}
+
+/// pread_all into one guest buffer, without building a list for it.
+pub fn pread_slice_all(fd: RawFd, buf: &VolatileSlice<'_, ()>, offset: u64) -> io::Result<()> {
+    // `buf` borrows the mapping for the call.
+    read_iovecs(fd, &[slice_iovec(buf)], offset)
+}
+
+/// pwrite_all from one guest buffer, without building a list for it.
+pub fn pwrite_slice_all(fd: RawFd, buf: &VolatileSlice<'_, ()>, offset: u64) -> io::Result<()> {
+    write_iovecs(fd, &[slice_iovec(buf)], offset)
+}
+
+fn slice_iovec(s: &VolatileSlice<'_, ()>) -> libc::iovec {
+    libc::iovec {
+        iov_base: s.ptr_guard_mut().as_ptr().cast(),
+        iov_len: s.len(),
+    }
+}
+
+/// The callers pass iovecs that point into memory borrowed for the call,
+/// at most MAX_IOVECS of them. A single buffer goes through pread: Linux
+/// copies into one plain user buffer faster than into an iovec list of
+/// one (4 KiB requests through the block device: 0.63 -> 0.71 of raw
+/// pread's rate, `cargo bench -p ember-devices --bench blk`).
+fn read_iovecs(fd: RawFd, iov: &[libc::iovec], offset: u64) -> io::Result<()> {
+    transfer_all(iov, offset, |iov, off| {
+        // SAFETY: see above; the kernel writes only inside the buffers.
+        byte_count(unsafe {
+            match iov {
+                [one] => libc::pread(fd, one.iov_base, one.iov_len, off),
+                _ => libc::preadv(fd, iov.as_ptr(), iov.len() as libc::c_int, off),
+            }
+        })
     })
 }
 
-/// Writes the buffers to file `fd` from `offset`: one pwritev, more only
-/// after a short write.
-pub fn pwrite_all(fd: RawFd, bufs: &GuestIovecs, offset: u64) -> io::Result<()> {
-    transfer_all(bufs, offset, |iov, off| {
-        // SAFETY: as for pread_all; the kernel only reads the buffers.
-        byte_count(unsafe { libc::pwritev(fd, iov.as_ptr(), iov.len() as libc::c_int, off) })
+fn write_iovecs(fd: RawFd, iov: &[libc::iovec], offset: u64) -> io::Result<()> {
+    transfer_all(iov, offset, |iov, off| {
+        // SAFETY: as for read_iovecs; the kernel only reads the buffers.
+        byte_count(unsafe {
+            match iov {
+                [one] => libc::pwrite(fd, one.iov_base, one.iov_len, off),
+                _ => libc::pwritev(fd, iov.as_ptr(), iov.len() as libc::c_int, off),
+            }
+        })
     })
 }
 
@@ -160,12 +201,12 @@ pub fn pwrite_all(fd: RawFd, bufs: &GuestIovecs, offset: u64) -> io::Result<()> 
 /// bytes left is UnexpectedEof (reads) or WriteZero (writes: the same
 /// error kind is fine for the caller, which only reports failure).
 fn transfer_all(
-    bufs: &GuestIovecs,
+    bufs: &[libc::iovec],
     offset: u64,
     mut op: impl FnMut(&[libc::iovec], libc::off_t) -> io::Result<usize>,
 ) -> io::Result<()> {
     let too_far = || io::Error::new(io::ErrorKind::InvalidInput, "file offset out of range");
-    let mut iov = std::borrow::Cow::Borrowed(bufs.as_iovecs());
+    let mut iov = std::borrow::Cow::Borrowed(bufs);
     let mut offset = offset;
     loop {
         // Drop buffers already done (a short transfer ends inside one).
@@ -178,6 +219,11 @@ fn transfer_all(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
+        let remaining: usize = iov[first..].iter().map(|v| v.iov_len).sum();
+        if n >= remaining {
+            // The usual case: all of it in one call, no copy of the list.
+            return Ok(());
+        }
         offset = offset.checked_add(n as u64).ok_or_else(too_far)?;
         let mut left = n;
         for v in iov.to_mut()[first..].iter_mut() {
@@ -226,7 +272,7 @@ mod tests {
         let data: Vec<u8> = (0..12).collect();
         // At most 2 bytes a call, from a host-side copy of the file.
         let mut calls = 0;
-        transfer_all(&bufs, 0, |iov, off| {
+        transfer_all(bufs.as_iovecs(), 0, |iov, off| {
             calls += 1;
             let n = iov[0].iov_len.min(2);
             let src = &data[off as usize..off as usize + n];

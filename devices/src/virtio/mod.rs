@@ -68,10 +68,35 @@ pub fn pop_chain(
     mem: &GuestMemoryMmap,
     max_descs: usize,
 ) -> Result<Option<Popped>, QueueError> {
-    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
-    use virtio_queue::desc::split::Descriptor;
+    let mut descs = Vec::with_capacity(max_descs.min(16));
+    Ok(
+        pop_chain_into(queue, mem, max_descs, &mut descs)?.map(|head| match head {
+            Taken::Chain(head) => Popped::Chain { head, descs },
+            Taken::Bad { head, why } => Popped::Bad { head, why },
+        }),
+    )
+}
+
+/// A chain `pop_chain_into` took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Its descriptors were appended to the caller's buffer.
+    Chain(u16),
+    /// Malformed: return `head` with used length 0 and touch nothing (the
+    /// caller's buffer is as it was).
+    Bad { head: u16, why: BadChain },
+}
+
+/// `pop_chain` into a buffer the caller keeps, so a device on a hot path
+/// allocates nothing per chain.
+pub fn pop_chain_into(
+    queue: &mut virtio_queue::Queue,
+    mem: &GuestMemoryMmap,
+    max_descs: usize,
+    descs: &mut Vec<virtio_queue::desc::split::Descriptor>,
+) -> Result<Option<Taken>, QueueError> {
     use virtio_queue::{QueueOwnedT, QueueT};
-    use vm_memory::{Address, Bytes, GuestAddress};
+    use vm_memory::GuestAddress;
 
     let Some(head) = queue
         .iter(mem)
@@ -87,40 +112,58 @@ pub fn pop_chain(
     }
     let table = GuestAddress(queue.desc_table());
     let max = max_descs.min(usize::from(size));
-    let mut descs = Vec::with_capacity(max.min(16));
+    let start = descs.len();
+    match walk_chain(mem, table, head, size, max, descs) {
+        Ok(()) => Ok(Some(Taken::Chain(head))),
+        Err(why) => {
+            descs.truncate(start);
+            Ok(Some(Taken::Bad { head, why }))
+        }
+    }
+}
+
+/// Appends the descriptors of the chain at `head` to `descs`: at most
+/// `max`, none indirect, under 4 GiB in all, every `next` inside the
+/// table of `size` entries at `table`.
+fn walk_chain(
+    mem: &GuestMemoryMmap,
+    table: vm_memory::GuestAddress,
+    head: u16,
+    size: u16,
+    max: usize,
+    descs: &mut Vec<virtio_queue::desc::split::Descriptor>,
+) -> Result<(), BadChain> {
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
+    use virtio_queue::desc::split::Descriptor;
+    use vm_memory::{Address, Bytes};
+
     let mut total = 0u32;
     let mut index = head;
-    let bad = |why| Ok(Some(Popped::Bad { head, why }));
-    loop {
-        if descs.len() == max {
-            return bad(BadChain::TooLong(max));
-        }
+    for _ in 0..max {
         // index < size <= 32768, so this cannot overflow.
-        let Some(addr) = table.checked_add(u64::from(index) * 16) else {
-            return bad(BadChain::Unreadable(index));
-        };
-        let Ok(d) = mem.read_obj::<Descriptor>(addr) else {
-            return bad(BadChain::Unreadable(index));
-        };
+        let addr = table
+            .checked_add(u64::from(index) * 16)
+            .ok_or(BadChain::Unreadable(index))?;
+        let d = mem
+            .read_obj::<Descriptor>(addr)
+            .map_err(|_| BadChain::Unreadable(index))?;
         if d.flags() & VRING_DESC_F_INDIRECT as u16 != 0 {
-            return bad(BadChain::Indirect(index));
+            return Err(BadChain::Indirect(index));
         }
-        let Some(t) = total.checked_add(d.len()) else {
-            return bad(BadChain::TooBig);
-        };
-        total = t;
+        total = total.checked_add(d.len()).ok_or(BadChain::TooBig)?;
         descs.push(d);
         if d.flags() & VRING_DESC_F_NEXT as u16 == 0 {
-            return Ok(Some(Popped::Chain { head, descs }));
+            return Ok(());
         }
         if d.next() >= size {
-            return bad(BadChain::NextOutOfRange {
+            return Err(BadChain::NextOutOfRange {
                 index,
                 next: d.next(),
             });
         }
         index = d.next();
     }
+    Err(BadChain::TooLong(max))
 }
 
 /// Copies the part of a device's configuration space at `offset` into
