@@ -47,8 +47,8 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    /// Runs `manager` on a thread named `name` until this handle is
-    /// dropped, under `filter`'s seccomp filter if one is given.
+    /// Runs `manager` on a thread named `name` until `request_stop` or the
+    /// handle's drop, under `filter`'s seccomp filter if one is given.
     pub fn spawn(
         name: String,
         mut manager: Manager,
@@ -82,12 +82,23 @@ impl EventLoop {
     }
 }
 
-impl Drop for EventLoop {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
+impl EventLoop {
+    /// Asks the thread to stop once the batch of events it is serving is
+    /// done, without waiting for it: a teardown asks every loop at once,
+    /// then joins.
+    pub(crate) fn request_stop(&self) {
+        if self.stop.swap(true, Ordering::AcqRel) {
+            return;
+        }
         if let Err(e) = self.wake.write(1) {
             log::error!("event loop: cannot wake it to stop: {e}");
         }
+    }
+}
+
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        self.request_stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

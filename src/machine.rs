@@ -54,8 +54,9 @@ impl Drop for VcpuThread {
 
 pub(crate) struct Machine {
     exit: Arc<ExitSignal>,
-    // Stopped in this order by Drop: nothing runs the guest, then nothing
-    // serves its devices, then the devices flush, then the console drains.
+    // Stopped by Drop: the vCPUs and the loops are told to stop together,
+    // then joined (vCPUs first); the devices flush only after every join,
+    // then the console drains.
     vcpus: Vec<VcpuThread>,
     event_loop: Option<EventLoop>,
     /// One loop per disk: its queue work (pread/pwrite/fdatasync).
@@ -231,6 +232,12 @@ impl Drop for Machine {
         self.exit.trigger(VmExit::Stopped(StopReason::Requested));
         // No pause may kick a vCPU thread once the joins start.
         self.control.forget_vcpu_threads();
+        // The loops stop while the vCPUs do, not after them: a chain a
+        // vCPU still posts is left unserved, as at any end, and the disks'
+        // flush below still comes after every loop is joined.
+        for l in self.event_loop.iter().chain(&self.workers) {
+            l.request_stop();
+        }
         self.vcpus.clear();
         self.event_loop = None;
         // Each worker finishes the request it is in (in-flight I/O
