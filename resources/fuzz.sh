@@ -35,6 +35,6 @@ for t in "${targets[@]}"; do
         echo "fuzz: $t failed; a crash's input is in fuzz/artifacts/$t" >&2
         exit 1
     fi
-    grep -E '^stat::number_of_executed_units' "$scratch/$t.log" || true
+    grep -E '^stat::(number_of_executed_units|average_exec_per_sec)' "$scratch/$t.log" || true
 done
 echo "fuzz: ${#targets[@]} targets, ${seconds}s each, no crash"
