@@ -43,6 +43,16 @@ impl Host {
     /// a byte here); without them the same calls use `rep movsq`/`rep stosq`
     /// (8 bytes an iteration). Measured in resources/kernel/BOOT-SPEED.md.
     ///
+    /// `percpu_alloc=page`: the default "embed" first chunk reserves a 1 MiB
+    /// unit per CPU (a 2 MiB large page's share) that memblock zeroes and
+    /// then gives back mostly unused; the page allocator maps just the
+    /// pages it needs (37 a CPU in the kit). In the kit's boot here (one
+    /// boot each), "setup_percpu:" to "percpu:" 0.78 s -> 0.35 s, and the
+    /// memmap's last line to "Memory:" 3.55 s -> 2.78 s.
+    /// The cost elsewhere is per-CPU data behind 4 KiB mappings instead of
+    /// the direct map's large pages, which only matters on hosts that run
+    /// the guest kernel natively: so emulating hosts only.
+    ///
     /// `GLIBC_TUNABLES=...` is no kernel argument: Linux hands it to init's
     /// environment, and every process inherits it. It keeps glibc off its
     /// AVX/AVX2 functions (`memcpy`, `strlen`, ...): guest user space runs
@@ -57,6 +67,7 @@ impl Host {
             Host::Emulating => &[
                 "noxsave",
                 "clearcpuid=popcnt,smap,cx16,erms,fsrm",
+                "percpu_alloc=page",
                 GLIBC_NO_AVX,
             ],
         }
@@ -120,6 +131,7 @@ mod tests {
                 "pci=off",
                 "noxsave",
                 "clearcpuid=popcnt,smap,cx16,erms,fsrm",
+                "percpu_alloc=page",
                 GLIBC_NO_AVX
             ]
         );
@@ -131,6 +143,9 @@ mod tests {
             "panic=5 reboot=t pci=on noxsave GLIBC_TUNABLES=glibc.cpu.x86_shstk=off",
             Host::Emulating,
         );
-        assert_eq!(args, vec!["clearcpuid=popcnt,smap,cx16,erms,fsrm"]);
+        assert_eq!(
+            args,
+            vec!["clearcpuid=popcnt,smap,cx16,erms,fsrm", "percpu_alloc=page"]
+        );
     }
 }

@@ -19,7 +19,8 @@ pub const PROMPT: &str = r"ember:[^\n]*# (?:\x1b\[6n)?$";
 /// passes without booting.
 pub fn kit() -> (PathBuf, PathBuf) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/guest");
-    let (kernel, initrd) = (dir.join("vmlinux"), dir.join("initramfs.cpio"));
+    // The kit plus the tier's own check (/bin/ember-regcheck), built with it.
+    let (kernel, initrd) = (dir.join("vmlinux"), dir.join("initramfs-test.cpio"));
     assert!(
         kernel.exists() && initrd.exists(),
         "the guest kit is not built: run `make guest`"
