@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ember_devices::bus::{Bus, SharedDevice};
-use ember_devices::i8042::I8042;
+use ember_devices::i8042::{I8042State, I8042};
 use ember_devices::pvpanic::PvPanic;
-use ember_devices::serial::{SerialDevice, SerialSnapshot};
+use ember_devices::serial::{IrqLine, SerialDevice, SerialSnapshot};
 use ember_devices::sleep::SleepControl;
 use ember_devices::virtio::block::Block;
 use ember_devices::virtio::mmio::TransportSnapshot;
@@ -33,7 +33,9 @@ use crate::machine::Machine;
 use crate::memory;
 use crate::platform::{self, Host};
 use crate::snapshot::vm_state::VmState;
-use crate::snapshot::{SavedDisk, SavedMachine, SavedNet, SharedSerial, SnapshotSource};
+use crate::snapshot::{
+    SavedDisk, SavedMachine, SavedNet, SharedI8042, SharedSerial, SnapshotSource,
+};
 use crate::vcpu::{self, Buses};
 use crate::virtio_devices;
 use crate::x86_64::{acpi, boot_params, cpuid, mptable, msrs, regs};
@@ -192,6 +194,7 @@ pub(crate) struct Parts<'a> {
 pub(crate) struct SavedDevices<'a> {
     pub vm: &'a VmState,
     pub serial: &'a SerialSnapshot,
+    pub i8042: &'a I8042State,
     pub virtio: &'a [TransportSnapshot],
 }
 
@@ -239,11 +242,16 @@ pub(crate) fn assemble(
     machine.set_seccomp(seccomp);
     fault_point("start the console")?;
 
-    let (mut buses, serial, input_wanted) = create_devices(
+    let PlatformDevices {
+        mut buses,
+        serial,
+        i8042,
+        input_wanted,
+    } = create_devices(
         machine.vm_fd(),
         &exit,
         serial_out,
-        saved.as_ref().map(|s| s.serial),
+        saved.as_ref().map(|s| (s.serial, s.i8042)),
     )?;
     let mut manager = event_loop::new_manager().map_err(Error::host("create the event loop"))?;
     let disks = disks.into_iter().enumerate().map(|(i, d)| ExtraDevice {
@@ -294,6 +302,7 @@ pub(crate) fn assemble(
         vm: machine.shared_vm_fd(),
         memory: machine.memory().clone(),
         serial,
+        i8042,
         virtio: attached,
         machine: description,
         unsaveable,
@@ -424,6 +433,16 @@ fn load_boot_payload(
     Ok(kernel)
 }
 
+/// What `create_devices` makes: the port bus (and an empty MMIO bus for
+/// the virtio devices), and the devices other parts of Ember talk to.
+struct PlatformDevices {
+    buses: Buses,
+    serial: SharedSerial,
+    i8042: SharedI8042,
+    /// Signalled when COM1's receive FIFO has room for more input.
+    input_wanted: EventFd,
+}
+
 /// COM1 and the platform devices on the port bus. The reset, power-off and
 /// panic lines record the VM's end synchronously, on the vCPU that raised
 /// them, which then stops before running another guest instruction.
@@ -431,8 +450,8 @@ fn create_devices(
     vm: &VmFd,
     exit: &Arc<ExitSignal>,
     serial_out: SerialOut,
-    saved_serial: Option<&SerialSnapshot>,
-) -> Result<(Buses, SharedSerial, EventFd), Error> {
+    saved: Option<(&SerialSnapshot, &I8042State)>,
+) -> Result<PlatformDevices, Error> {
     let eventfd = || EventFd::new(EFD_NONBLOCK).map_err(Error::host("create an eventfd"));
     let line = |reason: VmExit| {
         let exit = exit.clone();
@@ -446,22 +465,29 @@ fn create_devices(
     let rx_drained = input_wanted
         .try_clone()
         .map_err(Error::host("clone an eventfd"))?;
-    let serial = match saved_serial {
+    let serial = match saved {
         None => SerialDevice::new(com1_irq, rx_drained, serial_out),
-        Some(saved) => SerialDevice::from_snapshot(com1_irq, rx_drained, serial_out, saved)
+        Some((saved, _)) => SerialDevice::from_snapshot(com1_irq, rx_drained, serial_out, saved)
             .map_err(Error::RestoreSerial)?,
     };
     let serial = Arc::new(Mutex::new(serial));
 
+    let kbd_irq = eventfd()?;
+    vm.register_irqfd(&kbd_irq, I8042_IRQ)
+        .map_err(Error::kvm("register the i8042 irqfd"))?;
+    let reset = line(VmExit::Reboot);
+    let i8042 = match saved {
+        None => I8042::new(reset, IrqLine::new(kbd_irq)),
+        Some((_, saved)) => {
+            I8042::from_state(reset, IrqLine::new(kbd_irq), saved).map_err(Error::RestoreI8042)?
+        }
+    };
+    let i8042 = Arc::new(Mutex::new(i8042));
+
     let mut pio = Bus::new();
     let devices: [(&'static str, u64, u64, SharedDevice); 4] = [
         ("COM1", COM1_PORT, COM1_PORT_LEN, serial.clone()),
-        (
-            "the i8042",
-            I8042_PORT,
-            I8042_PORT_LEN,
-            Arc::new(Mutex::new(I8042::new(line(VmExit::Reboot)))),
-        ),
+        ("the i8042", I8042_PORT, I8042_PORT_LEN, i8042.clone()),
         (
             "the ACPI sleep registers",
             ACPI_SLEEP_CONTROL_PORT,
@@ -481,14 +507,15 @@ fn create_devices(
         pio.insert(base, len, dev)
             .map_err(|source| Error::Bus { what, source })?;
     }
-    Ok((
-        Buses {
+    Ok(PlatformDevices {
+        buses: Buses {
             pio,
             mmio: Bus::new(),
         },
         serial,
+        i8042,
         input_wanted,
-    ))
+    })
 }
 
 pub(crate) fn create_vcpus(

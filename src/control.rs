@@ -12,6 +12,15 @@ use crate::snapshot::{SnapshotError, SnapshotInfo, SnapshotSource};
 #[derive(Clone)]
 pub struct VmControl(Arc<Shared>);
 
+/// Why a key press did not reach the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyPressError {
+    #[error("the VM is not running")]
+    Ended,
+    #[error("the key press was not delivered")]
+    Keyboard(#[source] ember_devices::i8042::KeyError),
+}
+
 struct Shared {
     gate: PauseGate,
     /// The vCPU threads to kick for a pause; `None` from the moment the
@@ -109,6 +118,19 @@ impl VmControl {
             return Err(SnapshotError::NotPaused);
         }
         crate::snapshot::capture(source, &self.0.gate, state_path, mem_path)
+    }
+
+    /// Presses and releases Ctrl-Alt-Del on the guest's keyboard (the
+    /// i8042): Linux then signals its init, or reboots. A paused VM gets
+    /// the keys when it resumes.
+    pub fn ctrl_alt_del(&self) -> Result<(), KeyPressError> {
+        let source = crate::lock(&self.0.source);
+        let source = source.as_ref().ok_or(KeyPressError::Ended)?;
+        if self.0.exit.is_set() {
+            return Err(KeyPressError::Ended);
+        }
+        let pressed = crate::lock(&source.i8042).press_ctrl_alt_del();
+        pressed.map_err(KeyPressError::Keyboard)
     }
 
     /// Pauses the guest: returns once no vCPU runs guest code (devices

@@ -57,6 +57,8 @@ pub enum Error {
     RestoreVm(#[source] crate::snapshot::vm_state::VmStateError),
     #[error("cannot restore the serial port")]
     RestoreSerial(#[source] ember_devices::serial::SerialStateError),
+    #[error("cannot restore the i8042")]
+    RestoreI8042(#[source] ember_devices::i8042::I8042StateError),
     #[error("cannot restore a vCPU")]
     RestoreVcpu(#[source] crate::snapshot::vcpu_state::VcpuStateError),
     /// A failure a test asked for (see `inject_start_failure`).
@@ -89,6 +91,7 @@ impl Error {
                 | Error::Restore(_)
                 | Error::RestoreVm(_)
                 | Error::RestoreSerial(_)
+                | Error::RestoreI8042(_)
                 | Error::RestoreVcpu(_)
         )
     }

@@ -95,7 +95,8 @@ pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
 /// COM1, the console: 8 byte-wide 8250 registers.
 pub const COM1_PORT: u64 = 0x3f8;
 pub const COM1_PORT_LEN: u64 = 8;
-/// i8042 data port 0x60 .. command port 0x64 (reset line for `reboot=k`).
+/// i8042 data port 0x60 .. command port 0x64: the keyboard, and the reset
+/// line for `reboot=k`.
 pub const I8042_PORT: u64 = 0x60;
 pub const I8042_PORT_LEN: u64 = 5;
 /// pvpanic, at QEMU's default port, declared in the DSDT as QEMU0001.
@@ -107,6 +108,8 @@ pub const ACPI_SLEEP_STATUS_PORT: u64 = 0x511;
 pub const ACPI_SLEEP_PORT_LEN: u64 = 2;
 
 // ---- IRQs (GSIs on the in-kernel IOAPIC).
+/// The i8042's keyboard IRQ (ISA IRQ 1).
+pub const I8042_IRQ: u32 = 1;
 /// COM1's ISA IRQ.
 pub const COM1_IRQ: u32 = 4;
 /// First IRQ for virtio-mmio devices; one each, upward.

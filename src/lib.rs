@@ -51,7 +51,7 @@ mod x86_64;
 
 pub use config::{parse_size, ConfigError, ConsoleMode, DiskConfig, NetConfig, VmConfig};
 pub use console::{Console, ConsoleError, LogWriter};
-pub use control::VmControl;
+pub use control::{KeyPressError, VmControl};
 pub use error::{error_chain, Error};
 pub use exit::{Crash, CrashKind, HostFailure, StopReason, VmExit};
 pub use loader::LoadError;

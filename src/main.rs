@@ -245,6 +245,13 @@ fn run_container(
             return 125;
         }
     };
+    // -t: a resized terminal resizes CMD's.
+    if config.container.as_ref().is_some_and(|c| c.tty.is_some()) {
+        if let Err(e) = signals.watch_window_size() {
+            eprintln!("ember: cannot watch the terminal's size: {e}");
+            return 125;
+        }
+    }
     let mut vm = match ember::container::start(config, mode) {
         Ok(vm) => vm,
         Err(e) => return fail(125, &e),

@@ -188,6 +188,7 @@ pub(crate) fn restore_with(
     let saved = SavedDevices {
         vm: &snap.vm,
         serial: &snap.serial,
+        i8042: &snap.i8042,
         virtio: &snap.virtio,
     };
     let cpus = snap.machine.cpus;

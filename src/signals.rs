@@ -19,8 +19,28 @@ static EVT_FD: AtomicI32 = AtomicI32::new(-1);
 static ARMED: AtomicBool = AtomicBool::new(false);
 static TEARING_DOWN: AtomicBool = AtomicBool::new(false);
 static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// A SIGWINCH arrived since the last `window_changed` (watched only for a
+/// container run with `-t`).
+static WINDOW_CHANGED: AtomicBool = AtomicBool::new(false);
+static WATCHING_WINDOW: AtomicBool = AtomicBool::new(false);
 
 const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Wakes the waiting thread through the eventfd (async-signal-safe).
+fn wake() {
+    let fd = EVT_FD.load(Ordering::SeqCst);
+    if fd >= 0 && ARMED.load(Ordering::SeqCst) {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; 8 bytes from a valid u64
+        // into an eventfd that is never closed.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+extern "C" fn on_window_change(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    WINDOW_CHANGED.store(true, Ordering::SeqCst);
+    wake();
+}
 
 extern "C" fn on_signal(signo: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     LAST_SIGNAL.store(signo, Ordering::SeqCst);
@@ -30,13 +50,7 @@ extern "C" fn on_signal(signo: libc::c_int, _: *mut libc::siginfo_t, _: *mut lib
         // SAFETY: _exit is async-signal-safe.
         unsafe { libc::_exit(128 + signo) };
     }
-    let fd = EVT_FD.load(Ordering::SeqCst);
-    if fd >= 0 && ARMED.load(Ordering::SeqCst) {
-        let one: u64 = 1;
-        // SAFETY: write(2) is async-signal-safe; 8 bytes from a valid u64
-        // into an eventfd that is never closed.
-        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-    }
+    wake();
 }
 
 /// While alive, SIGINT, SIGTERM and SIGHUP are recorded for `Vm::wait`
@@ -71,10 +85,25 @@ impl StopSignals {
         EVT_FD.load(Ordering::SeqCst)
     }
 
-    /// The signal that arrived, if one did since the last call.
+    /// The stop signal that arrived, if one did since the last call.
     pub fn take(&self) -> Option<i32> {
         EVT.get()?.read().ok()?;
-        Some(LAST_SIGNAL.load(Ordering::SeqCst)).filter(|&n| n != 0)
+        Some(LAST_SIGNAL.swap(0, Ordering::SeqCst)).filter(|&n| n != 0)
+    }
+
+    /// Also wakes the waiting thread on SIGWINCH (the terminal was
+    /// resized), for `window_changed`: a container run with `-t` passes
+    /// the new size on to CMD's terminal.
+    pub fn watch_window_size(&self) -> std::io::Result<()> {
+        vmm_sys_util::signal::register_signal_handler(libc::SIGWINCH, on_window_change)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        WATCHING_WINDOW.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether the terminal was resized since the last call.
+    pub fn window_changed(&self) -> bool {
+        WINDOW_CHANGED.swap(false, Ordering::SeqCst)
     }
 
     /// The VM has ended: from now on a signal ends the process at once.
@@ -90,12 +119,16 @@ impl Drop for StopSignals {
             // SAFETY: restores the default action; no handler pointer involved.
             unsafe { libc::signal(sig, libc::SIG_DFL) };
         }
+        if WATCHING_WINDOW.swap(false, Ordering::SeqCst) {
+            // SAFETY: as above.
+            unsafe { libc::signal(libc::SIGWINCH, libc::SIG_DFL) };
+        }
         TEARING_DOWN.store(false, Ordering::SeqCst);
     }
 }
 
-/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (every thread
-/// Ember starts calls this first).
+/// Blocks SIGINT, SIGTERM, SIGHUP and SIGWINCH in the calling thread
+/// (every thread Ember starts calls this first).
 pub(crate) fn block_stop_signals_here() {
     // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset.
     unsafe {
@@ -104,6 +137,7 @@ pub(crate) fn block_stop_signals_here() {
         for sig in SIGNALS {
             libc::sigaddset(&mut set, sig);
         }
+        libc::sigaddset(&mut set, libc::SIGWINCH);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::VmConfig;
 use crate::console::Console;
-use crate::control::VmControl;
+use crate::control::{KeyPressError, VmControl};
 use crate::error::Error;
 use crate::exit::{ExitSignal, StopReason, VmExit};
 use crate::machine::Machine;
@@ -163,6 +163,15 @@ impl Vm {
             };
             let signal_fd = self.signals.as_ref().map(StopSignals::fd);
             wait_readable(self.exit.event_fd().as_raw_fd(), signal_fd, left);
+            let resized = self
+                .signals
+                .as_ref()
+                .is_some_and(StopSignals::window_changed);
+            if let (true, Some(c), Some((rows, cols))) =
+                (resized, &self.container, crate::terminal::window_size())
+            {
+                c.resize(rows, cols);
+            }
             if let Some(n) = self.signals.as_ref().and_then(StopSignals::take) {
                 match (&self.container, self.forwarded) {
                     // A container's CMD gets the signal first (a second
@@ -209,6 +218,13 @@ impl Vm {
     /// Lets a paused guest run again; resuming a running VM does nothing.
     pub fn resume(&self) -> Result<(), PauseError> {
         self.control.resume()
+    }
+
+    /// Presses Ctrl-Alt-Del on the guest's keyboard (Firecracker's
+    /// `SendCtrlAltDel`): a Linux guest with an i8042 driver and a VT
+    /// reboots in an orderly way, which ends the VM (`VmExit::Reboot`).
+    pub fn ctrl_alt_del(&self) -> Result<(), KeyPressError> {
+        self.control.ctrl_alt_del()
     }
 
     /// Running or paused; `None` once the VM has ended (`wait` says how).

@@ -168,6 +168,43 @@ fn pause_resume_and_stop_through_the_api_and_bad_clients_cost_nothing() {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
+fn send_ctrl_alt_del_presses_the_keys_on_the_guests_keyboard() {
+    require_kvm();
+    let dir = scratch("api_cad");
+    let sock = dir.join("api.sock");
+    let out = dir.join("out");
+    let elf = tiny_guest("api_cad", "keyboard.S");
+    let child = spawn_ember(
+        &[
+            "run".as_ref(),
+            "--memory".as_ref(),
+            "32M".as_ref(),
+            "--kernel".as_ref(),
+            elf.as_os_str(),
+            "--api-sock".as_ref(),
+            sock.as_os_str(),
+        ],
+        &out,
+    );
+    wait_socket(&sock);
+    wait_growth(&out, 0);
+    let r = request(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"SendCtrlAltDel"}"#),
+    )
+    .unwrap();
+    assert_eq!(r.status, 204, "{}", r.body);
+    // The guest prints what it read, then resets: a reboot ends the VM.
+    let (code, err) = exit_of(child);
+    assert_eq!(code, Some(0), "stderr: {err}");
+    let printed = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(printed, "ready\n1d 38 e0 53 e0 d3 b8 9d \n");
+}
+
+#[test]
 fn an_existing_file_at_the_socket_path_is_a_usage_error_naming_it() {
     let dir = scratch("api_exists");
     let sock = dir.join("taken");

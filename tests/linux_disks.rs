@@ -153,8 +153,21 @@ fn guest_uses_an_ext4_disk_and_a_read_only_disk() {
         let transcript = c.transcript();
         let crashes = crash_lines(&transcript);
         assert!(crashes.is_empty(), "clone {i}:\n{}", crashes.join("\n"));
-        c.send_line("poweroff").unwrap();
-        assert_eq!(restored.wait(), VmExit::Poweroff, "{}", c.transcript());
+        if i < 2 {
+            c.send_line("poweroff").unwrap();
+            assert_eq!(restored.wait(), VmExit::Poweroff, "{}", c.transcript());
+            continue;
+        }
+        // The last clone ends as Firecracker's SendCtrlAltDel ends a VM:
+        // the keys on the i8042, the kernel's keyboard handler signals
+        // init, init reboots in order, the reset ends the VM.
+        restored.ctrl_alt_del().unwrap();
+        assert_eq!(restored.wait(), VmExit::Reboot, "{}", c.transcript());
+        let transcript = c.transcript();
+        assert!(
+            transcript.contains("reboot: Restarting system"),
+            "{transcript}"
+        );
     }
     let new = tool(
         Command::new("debugfs")

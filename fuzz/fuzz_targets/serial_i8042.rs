@@ -1,11 +1,11 @@
 //! The 8250 UART and the i8042 under any register stream, with host input
-//! pushed in between.
+//! and Ctrl-Alt-Del presses pushed in between.
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
 use ember_devices::bus::BusDevice;
-use ember_devices::i8042::I8042;
-use ember_devices::serial::SerialDevice;
+use ember_devices::i8042::{I8042, OUTPUT_CAPACITY};
+use ember_devices::serial::{IrqLine, SerialDevice};
 use ember_devices::SignalLine;
 use libfuzzer_sys::fuzz_target;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -16,6 +16,7 @@ enum Op {
     Write { offset: u8, value: u8, width: u8 },
     Input(Vec<u8>),
     Kbd { offset: u8, value: u8, write: bool },
+    CtrlAltDel,
     Snapshot,
 }
 
@@ -24,7 +25,8 @@ fuzz_target!(|data: &[u8]| {
     let irq = EventFd::new(EFD_NONBLOCK).unwrap();
     let drained = EventFd::new(EFD_NONBLOCK).unwrap();
     let mut uart = SerialDevice::new(irq, drained, std::io::sink());
-    let mut kbd = I8042::new(SignalLine::new(|| {}));
+    let kbd_irq = || IrqLine::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    let mut kbd = I8042::new(SignalLine::new(|| {}), kbd_irq());
     let Ok(ops) = Vec::<Op>::arbitrary(&mut u) else {
         return;
     };
@@ -58,7 +60,14 @@ fuzz_target!(|data: &[u8]| {
                     kbd.read(u64::from(offset % 6), &mut b);
                 }
             }
+            Op::CtrlAltDel => {
+                let _ = kbd.press_ctrl_alt_del();
+                assert!(kbd.state().output.len() <= OUTPUT_CAPACITY);
+            }
             Op::Snapshot => {
+                let saved = kbd.state();
+                let back = I8042::from_state(SignalLine::new(|| {}), kbd_irq(), &saved).unwrap();
+                assert_eq!(back.state(), saved);
                 let saved = uart.snapshot();
                 let irq = EventFd::new(EFD_NONBLOCK).unwrap();
                 let drained = EventFd::new(EFD_NONBLOCK).unwrap();

@@ -90,6 +90,9 @@ pub enum ToGuest {
     Signal(i32),
     /// Everything before `Exited` is written out: the init may power off.
     Done,
+    /// The host's terminal has a new size (rows, columns): CMD's terminal
+    /// gets it (and CMD a SIGWINCH). Only with a `tty` in the spec.
+    Resize(u16, u16),
 }
 
 /// The spec as the messages that carry it.

@@ -238,7 +238,16 @@ pub(crate) fn relay(
                 ToGuest::Signal(s) => unsafe {
                     libc::kill(child.pid, s);
                 },
-                ToGuest::Stdin(_) | ToGuest::Done | ToGuest::Spec(_) | ToGuest::SpecEnd => {}
+                ToGuest::Resize(rows, cols) if child.tty => {
+                    if let Some(master) = &child.stdout {
+                        crate::spawn::resize(master.as_raw_fd(), rows, cols);
+                    }
+                }
+                ToGuest::Stdin(_)
+                | ToGuest::Done
+                | ToGuest::Spec(_)
+                | ToGuest::SpecEnd
+                | ToGuest::Resize(..) => {}
             }
         }
         for (i, stream) in [(1, &mut child.stdout), (2, &mut child.stderr)] {

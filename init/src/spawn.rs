@@ -3,7 +3,7 @@
 //! executable).
 
 use std::ffi::CString;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use ember_guest_proto::Spec;
 
@@ -205,6 +205,19 @@ pub(crate) fn start(spec: &Spec) -> Result<Child, String> {
         stderr: err_r,
         tty,
     })
+}
+
+/// Gives the terminal whose master is `master` a new size; the kernel
+/// sends its foreground process group SIGWINCH.
+pub(crate) fn resize(master: RawFd, rows: u16, cols: u16) {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize; a failure changes nothing.
+    unsafe { libc::ioctl(master, libc::TIOCSWINSZ, &size) };
 }
 
 /// A pseudo-terminal pair of this size: (master, slave).

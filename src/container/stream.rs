@@ -45,6 +45,8 @@ struct Shared {
     /// The init said Ready (a template waits for this).
     ready: std::sync::atomic::AtomicBool,
     signals: Mutex<VecDeque<i32>>,
+    /// The newest terminal size not sent yet (only the last one matters).
+    resize: Mutex<Option<(u16, u16)>>,
     wake: EventFd,
 }
 
@@ -61,6 +63,12 @@ impl ContainerHandle {
     /// Sends CMD `signal` (SIGTERM forwarded by Ember, ...).
     pub(crate) fn signal(&self, signal: i32) {
         lock(&self.shared.signals).push_back(signal);
+        let _ = self.shared.wake.write(1);
+    }
+
+    /// Gives CMD's terminal (`-t`) this size, rows and columns.
+    pub(crate) fn resize(&self, rows: u16, cols: u16) {
+        *lock(&self.shared.resize) = Some((rows, cols));
         let _ = self.shared.wake.write(1);
     }
 }
@@ -252,6 +260,7 @@ impl StreamBackend {
             ready: std::sync::atomic::AtomicBool::new(false),
             end: Mutex::new(None),
             signals: Mutex::new(VecDeque::new()),
+            resize: Mutex::new(None),
             wake: EventFd::new(EFD_NONBLOCK)?,
         });
         let handle = ContainerHandle {
@@ -407,6 +416,10 @@ impl PortBackend for StreamBackend {
             let signals: Vec<i32> = lock(&self.shared.signals).drain(..).collect();
             for s in signals {
                 self.queue(&ToGuest::Signal(s));
+            }
+            let resize = lock(&self.shared.resize).take();
+            if let Some((rows, cols)) = resize {
+                self.queue(&ToGuest::Resize(rows, cols));
             }
         }
         self.maybe_done();
@@ -584,6 +597,14 @@ mod tests {
             all.extend(c);
         }
         assert_eq!(decode_all(&all), vec![ToGuest::Signal(15)]);
+        // Window sizes: only the newest one not sent yet goes.
+        r.handle.resize(24, 80);
+        r.handle.resize(30, 100);
+        r.backend.ready(wake);
+        assert_eq!(
+            decode_all(&r.backend.to_guest(4096)),
+            vec![ToGuest::Resize(30, 100)]
+        );
     }
 
     #[test]

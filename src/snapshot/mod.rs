@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ember_devices::serial::SerialSnapshot;
+use ember_devices::i8042::I8042State;
+use ember_devices::serial::{IrqLine, SerialSnapshot};
 use ember_devices::virtio::mmio::{MmioTransport, QueueServer, TransportSnapshot};
 use kvm_ioctls::VmFd;
 use serde::{Deserialize, Serialize};
@@ -92,6 +93,7 @@ pub(crate) struct Snapshot {
     pub vm: VmState,
     pub vcpus: Vec<VcpuState>,
     pub serial: SerialSnapshot,
+    pub i8042: I8042State,
     pub virtio: Vec<TransportSnapshot>,
 }
 
@@ -107,6 +109,7 @@ pub struct SnapshotInfo {
 
 pub(crate) type SharedSerial =
     Arc<Mutex<ember_devices::serial::SerialDevice<crate::console::SerialOut>>>;
+pub(crate) type SharedI8042 = Arc<Mutex<ember_devices::i8042::I8042<IrqLine>>>;
 
 /// Everything of a running machine a snapshot reads, lent by the machine
 /// to its control handle until its teardown starts.
@@ -114,6 +117,8 @@ pub(crate) struct SnapshotSource {
     pub vm: Arc<VmFd>,
     pub memory: GuestMemoryMmap,
     pub serial: SharedSerial,
+    /// The keyboard controller (its Ctrl-Alt-Del is pressed through here).
+    pub i8042: SharedI8042,
     /// Transports and their devices, in slot order.
     pub virtio: Vec<(Arc<Mutex<MmioTransport>>, QueueServer)>,
     pub machine: SavedMachine,
@@ -186,6 +191,7 @@ pub(crate) fn capture(
         .map(|((t, _), h)| crate::lock(t).snapshot(h))
         .collect();
     let serial = crate::lock(&source.serial).snapshot();
+    let i8042 = crate::lock(&source.i8042).state();
     let vm = VmState::save(&source.vm, source.machine.pit)?;
     let memory_id = random_id();
     let memory_bytes = memory_file::write(&source.memory, mem_path, memory_id)?;
@@ -196,6 +202,7 @@ pub(crate) fn capture(
         vm,
         vcpus,
         serial,
+        i8042,
         virtio,
     };
     let state_bytes = file::write(state_path, &snapshot)?;

@@ -16,13 +16,16 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 use crate::layout::{
     ACPI_END, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, ACPI_START, COM1_IRQ, COM1_PORT,
-    COM1_PORT_LEN, IOAPIC_ADDR, LAPIC_ADDR, PVPANIC_PORT, VIRTIO_MMIO_SIZE,
+    COM1_PORT_LEN, I8042_IRQ, I8042_PORT, IOAPIC_ADDR, LAPIC_ADDR, PVPANIC_PORT, VIRTIO_MMIO_SIZE,
 };
+use ember_devices::i8042::COMMAND_OFFSET as I8042_COMMAND_OFFSET;
 
 const OEM_ID: [u8; 6] = *b"EMBER ";
 const OEM_TABLE_ID: [u8; 8] = *b"EMBERVM ";
 const OEM_REVISION: u32 = 1;
-/// IA-PC boot architecture flags: no VGA, no CMOS RTC.
+/// IA-PC boot architecture flags: an 8042 (the keyboard), no VGA, no CMOS
+/// RTC.
+const IAPC_8042: u16 = 1 << 1;
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
 /// "KVMKVMKVM" would be the usual; any value names the hypervisor.
@@ -43,8 +46,9 @@ fn bytes_of(table: &dyn Aml) -> Vec<u8> {
 }
 
 /// The DSDT's AML: `\_S5` (the SLP_TYP the sleep control device expects),
-/// COM1 (hardware-reduced ACPI has no legacy PIC, so its IRQ reaches Linux
-/// only through this declaration) and the pvpanic device.
+/// COM1 and the i8042's keyboard (hardware-reduced ACPI has no legacy PIC,
+/// so their IRQs reach Linux only through these declarations) and the
+/// pvpanic device.
 fn dsdt_aml(virtio: &[(u64, u32)]) -> Vec<u8> {
     let s5 = aml::Name::new(
         "_S5_".into(),
@@ -60,6 +64,17 @@ fn dsdt_aml(virtio: &[(u64, u32)]) -> Vec<u8> {
     let com1_crs = aml::Name::new("_CRS".into(), &com1_res);
     let com1 = aml::Device::new("COM1".into(), vec![&com1_hid, &com1_uid, &com1_crs]);
 
+    // A keyboard controller with no mouse: Linux's i8042 driver then
+    // probes no aux port (PNP0303 only, no PNP0F13).
+    let kbd_data = aml::IO::new(I8042_PORT as u16, I8042_PORT as u16, 1, 1);
+    let kbd_command = I8042_PORT as u16 + I8042_COMMAND_OFFSET as u16;
+    let kbd_cmd = aml::IO::new(kbd_command, kbd_command, 1, 1);
+    let kbd_irq = aml::Interrupt::new(true, true, false, false, I8042_IRQ);
+    let kbd_res = aml::ResourceTemplate::new(vec![&kbd_data, &kbd_cmd, &kbd_irq]);
+    let kbd_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0303"));
+    let kbd_crs = aml::Name::new("_CRS".into(), &kbd_res);
+    let kbd = aml::Device::new("PS2K".into(), vec![&kbd_hid, &kbd_crs]);
+
     let panic_port = PVPANIC_PORT as u16;
     let panic_io = aml::IO::new(panic_port, panic_port, 1, 1);
     let panic_res = aml::ResourceTemplate::new(vec![&panic_io]);
@@ -68,7 +83,7 @@ fn dsdt_aml(virtio: &[(u64, u32)]) -> Vec<u8> {
     let pvpanic = aml::Device::new("PEVT".into(), vec![&panic_hid, &panic_crs]);
 
     let mut v = bytes_of(&s5);
-    let scope = aml::Scope::new("\\_SB_".into(), vec![&com1, &pvpanic]);
+    let scope = aml::Scope::new("\\_SB_".into(), vec![&com1, &kbd, &pvpanic]);
     v.extend(bytes_of(&scope));
     for (i, &(base, irq)) in virtio.iter().enumerate() {
         v.extend(virtio_mmio_device(i, base, irq));
@@ -137,7 +152,7 @@ pub fn write_tables(
         .flag(Flags::HwReducedAcpi)
         .flag(Flags::PwrButton)
         .flag(Flags::SlpButton);
-    fadt.iapc_boot_arch = (IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT).into();
+    fadt.iapc_boot_arch = (IAPC_8042 | IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT).into();
     fadt.sleep_control_reg = io_register(ACPI_SLEEP_CONTROL_PORT);
     fadt.sleep_status_reg = io_register(ACPI_SLEEP_STATUS_PORT);
     fadt.hypervisor_vendor_identity = HYPERVISOR_ID.into();
@@ -227,5 +242,10 @@ mod tests {
         assert!(aml.windows(8).any(|w| w == b"QEMU0001"));
         assert!(aml.windows(4).any(|w| w == b"COM1"));
         assert!(aml.windows(8).any(|w| w == b"LNRO0005"));
+        // The keyboard: "PNP0303" as a compressed EISA id, and the FADT's
+        // IA-PC flag that says an 8042 is there (Linux probes it only then).
+        assert!(aml.windows(5).any(|w| w == [0x0c, 0x41, 0xd0, 0x03, 0x03]));
+        let iapc = u16::from_le_bytes([fadt[109], fadt[110]]);
+        assert_eq!(iapc & IAPC_8042, IAPC_8042);
     }
 }
