@@ -265,6 +265,70 @@ pub(crate) fn harden(request: &mut [u8]) {
     }
 }
 
+/// 9P2000.L requests that name a file, and where their names start.
+const TSYMLINK: u8 = 16;
+const TMKNOD: u8 = 18;
+const TRENAME: u8 = 20;
+const TLINK: u8 = 70;
+const TRENAMEAT: u8 = 74;
+const TUNLINKAT: u8 = 76;
+const TWALK: u8 = 110;
+/// Rlerror: size[4] type[1] tag[2] ecode[4].
+const RLERROR: u8 = 7;
+
+/// Whether the server must not see `request`: a name in it is `..` or
+/// holds a `/`. Linux's 9P client sends neither (its VFS resolves `..`
+/// and splits paths itself); the `p9` server would hand either to
+/// `openat`, `renameat` or `linkat` as a path. Inside the chroot that
+/// stays inside, but a directory the host moves out of the share while
+/// the guest holds it would lead up and out. A name that runs past the
+/// request is no refusal: the server refuses the request itself.
+pub(crate) fn refused(request: &[u8]) -> bool {
+    let Some(&kind) = request.get(4) else {
+        return false;
+    };
+    // The name at `at` (2-byte length, bytes) and the offset after it.
+    let name = |at: usize| -> Option<(&[u8], usize)> {
+        let len = request.get(at..at + 2)?;
+        let end = at + 2 + usize::from(u16::from_le_bytes([len[0], len[1]]));
+        Some((request.get(at + 2..end)?, end))
+    };
+    let bad = |n: &[u8]| n == b".." || n.contains(&b'/');
+    let first = |at: usize| name(at).is_some_and(|(n, _)| bad(n));
+    match kind {
+        TLCREATE | TSYMLINK | TMKNOD | TMKDIR | TUNLINKAT => first(11),
+        TRENAME | TLINK => first(15),
+        TRENAMEAT => match name(11) {
+            Some((old, end)) => bad(old) || first(end + 4),
+            None => false,
+        },
+        TWALK => {
+            let Some(count) = request.get(15..17) else {
+                return false;
+            };
+            let mut at = 17;
+            for _ in 0..u16::from_le_bytes([count[0], count[1]]) {
+                match name(at) {
+                    Some((n, _)) if bad(n) => return true,
+                    Some((_, end)) => at = end,
+                    None => return false,
+                }
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
+/// The Rlerror reply to `request` (its tag) with `errno`.
+fn error_reply(request: &[u8], errno: i32) -> Vec<u8> {
+    let mut r = 11u32.to_le_bytes().to_vec();
+    r.push(RLERROR);
+    r.extend_from_slice(request.get(5..7).unwrap_or(&[0, 0]));
+    r.extend_from_slice(&(errno as u32).to_le_bytes());
+    r
+}
+
 /// Sends `msg` on `fd` (the child's setup report).
 fn say(fd: RawFd, msg: &[u8]) {
     // SAFETY: msg is valid for its length.
@@ -455,9 +519,14 @@ fn serve(sock: RawFd, dir: RawFd, read_only: bool, parent: libc::pid_t) -> ! {
             unsafe { libc::_exit(0) };
         }
         reply.clear();
-        harden(&mut buf[..n as usize]);
-        // A request the server cannot even decode gets an empty reply.
-        let _ = server.handle_message(&mut &buf[..n as usize], &mut reply);
+        let request = &mut buf[..n as usize];
+        if refused(request) {
+            reply = error_reply(request, libc::EPERM);
+        } else {
+            harden(request);
+            // A request the server cannot even decode gets an empty reply.
+            let _ = server.handle_message(&mut &*request, &mut reply);
+        }
         say(
             sock,
             if reply.is_empty() {
@@ -576,20 +645,16 @@ mod tests {
             0
         );
         let mut s = FileServer::start(&share, false).unwrap();
-        let root = attach(&mut s);
-        // `..` of the root is the root.
+        attach(&mut s);
+        // `..` is refused outright (Linux's client resolves it itself), so
+        // up and out by name never reaches the outside file.
         let up = walk(&mut s, 0, 1, &[".."]);
-        assert_eq!(up.0, 111, "Rwalk");
-        assert_eq!(&up.1[2..15], &root[..13], "/.. is /");
-        // Up and out by name: never reaches the outside file.
+        assert_eq!(errno(&up), Some(libc::EPERM as u32), "{up:?}");
         let out = walk(&mut s, 0, 2, &["..", "..", "outside"]);
-        assert!(
-            out.0 == 7 || u16::from_le_bytes([out.1[0], out.1[1]]) < 3,
-            "{out:?}"
-        );
+        assert_eq!(errno(&out), Some(libc::EPERM as u32), "{out:?}");
         // A name with a slash in it, out of the share.
         let slash = walk(&mut s, 0, 3, &["../outside"]);
-        assert_eq!(errno(&slash), Some(libc::ENOENT as u32), "{slash:?}");
+        assert_eq!(errno(&slash), Some(libc::EPERM as u32), "{slash:?}");
         // Symlinks are never followed by the server.
         for (fid, names) in [(4, &["abs", "passwd"][..]), (5, &["rel"][..])] {
             let w = walk(&mut s, 0, fid, names);
@@ -706,6 +771,143 @@ mod tests {
             // SAFETY: a NUL-terminated path.
             unsafe { libc::umount(subc.as_ptr()) };
         }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A request whose body is a fid and then `names` as 9P strings, with
+    /// `between` bytes after the first name (Trenameat's new directory).
+    fn named(ty: u8, lead: usize, names: &[&str], between: usize) -> Vec<u8> {
+        let mut b = vec![0u8; lead];
+        for (i, n) in names.iter().enumerate() {
+            b.extend(string(n));
+            if i == 0 {
+                b.extend(std::iter::repeat_n(0u8, between));
+            }
+        }
+        msg(ty, &b)
+    }
+
+    #[test]
+    fn names_that_lead_up_or_across_are_refused_before_the_server() {
+        for (ty, lead, between) in [
+            (TLCREATE, 4, 0),
+            (TSYMLINK, 4, 0),
+            (TMKNOD, 4, 0),
+            (TMKDIR, 4, 0),
+            (TUNLINKAT, 4, 0),
+            (TRENAME, 8, 0),
+            (TLINK, 8, 0),
+        ] {
+            for bad in ["..", "../x", "a/b", "/"] {
+                assert!(refused(&named(ty, lead, &[bad], between)), "{ty} {bad}");
+            }
+            for good in ["x", ".x", "...", "x..y", ""] {
+                assert!(!refused(&named(ty, lead, &[good], between)), "{ty} {good}");
+            }
+        }
+        // Trenameat: either name.
+        assert!(refused(&named(TRENAMEAT, 4, &["..", "b"], 4)));
+        assert!(refused(&named(TRENAMEAT, 4, &["a", "../b"], 4)));
+        assert!(!refused(&named(TRENAMEAT, 4, &["a", "b"], 4)));
+        // Twalk: any of its names.
+        let walk_of = |names: &[&str]| {
+            let mut b = vec![0u8; 8];
+            b.extend_from_slice(&(names.len() as u16).to_le_bytes());
+            for n in names {
+                b.extend(string(n));
+            }
+            msg(TWALK, &b)
+        };
+        assert!(refused(&walk_of(&["a", "b", ".."])));
+        assert!(refused(&walk_of(&["a/.."])));
+        assert!(!refused(&walk_of(&["a", "b", "c"])));
+        assert!(!refused(&walk_of(&[])));
+        // Short or lying requests are left to the server, which refuses
+        // them; other types are not looked at.
+        let mut short = walk_of(&["a", ".."]);
+        short.truncate(20);
+        assert!(!refused(&short));
+        assert!(!refused(&[1, 2, 3]));
+        assert!(!refused(&named(100, 4, &[".."], 0)));
+        let reply = error_reply(&msg(TWALK, &[]), libc::EPERM);
+        assert_eq!(reply, [11, 0, 0, 0, RLERROR, 1, 0, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    #[ignore = "needs root (a mount namespace of its own): make test runs it"]
+    fn links_renames_and_moved_out_directories_stay_inside() {
+        require_root();
+        let (dir, share) = share("links");
+        // A hard link the host planted in advance is the outside file
+        // itself (one inode): it is served, as the host user chose.
+        std::fs::hard_link(dir.join("outside"), share.join("planted")).unwrap();
+        std::fs::create_dir(share.join("d")).unwrap();
+        std::fs::write(share.join("d/in-d"), b"d's own").unwrap();
+        let mut s = FileServer::start(&share, false).unwrap();
+        attach(&mut s);
+        assert_eq!(walk(&mut s, 0, 1, &["planted"]).0, 111);
+        assert_eq!(lopen(&mut s, 1, libc::O_RDONLY as u32).0, 13);
+
+        // The guest links and renames inside the share, never out of it.
+        assert_eq!(walk(&mut s, 0, 2, &["f"]).0, 111);
+        let link = |s: &mut FileServer, name: &str| {
+            let mut b = 0u32.to_le_bytes().to_vec();
+            b.extend_from_slice(&2u32.to_le_bytes());
+            b.extend(string(name));
+            call(s, TLINK, &b)
+        };
+        assert_eq!(link(&mut s, "f-link").0, 71, "Rlink");
+        assert_eq!(std::fs::read(share.join("f-link")).unwrap(), b"inside");
+        assert_eq!(errno(&link(&mut s, "../escaped")), Some(libc::EPERM as u32));
+        let rename = |s: &mut FileServer, old: &str, new: &str| {
+            let mut b = 0u32.to_le_bytes().to_vec();
+            b.extend(string(old));
+            b.extend_from_slice(&0u32.to_le_bytes());
+            b.extend(string(new));
+            call(s, TRENAMEAT, &b)
+        };
+        assert_eq!(rename(&mut s, "f-link", "renamed").0, 75, "Rrenameat");
+        assert_eq!(
+            errno(&rename(&mut s, "renamed", "../escaped")),
+            Some(libc::EPERM as u32)
+        );
+        assert!(!dir.join("escaped").exists());
+
+        // Symlinks and device nodes are not made at all (the p9 crate
+        // refuses both): a guest cannot plant a way out for the host.
+        let mut b = 0u32.to_le_bytes().to_vec();
+        b.extend(string("sym"));
+        b.extend(string("/etc/passwd"));
+        b.extend_from_slice(&0u32.to_le_bytes());
+        assert_eq!(
+            errno(&call(&mut s, TSYMLINK, &b)),
+            Some(libc::EACCES as u32)
+        );
+        let mut b = 0u32.to_le_bytes().to_vec();
+        b.extend(string("node"));
+        b.extend_from_slice(&(libc::S_IFCHR | 0o666).to_le_bytes());
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        assert_eq!(errno(&call(&mut s, TMKNOD, &b)), Some(libc::EACCES as u32));
+        assert!(!share.join("sym").exists() && !share.join("node").exists());
+
+        // The guest holds d; the host moves d out of the share. From d the
+        // guest reaches d's own files, but nothing up or across.
+        assert_eq!(walk(&mut s, 0, 3, &["d"]).0, 111);
+        std::fs::rename(share.join("d"), dir.join("moved-out")).unwrap();
+        assert_eq!(walk(&mut s, 3, 4, &["in-d"]).0, 111);
+        for names in [&[".."][..], &["..", "outside"], &["../outside"]] {
+            let w = walk(&mut s, 3, 5, names);
+            assert_eq!(errno(&w), Some(libc::EPERM as u32), "{names:?}: {w:?}");
+        }
+        let mut b = 3u32.to_le_bytes().to_vec();
+        b.extend(string("../made-outside"));
+        b.extend_from_slice(&0o755u32.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        assert_eq!(errno(&call(&mut s, TMKDIR, &b)), Some(libc::EPERM as u32));
+        assert!(!dir.join("made-outside").exists());
+        drop(s);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
