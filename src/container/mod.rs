@@ -9,6 +9,7 @@ pub(crate) mod file_server;
 pub(crate) mod initramfs;
 pub(crate) mod stream;
 pub mod template;
+mod template_cache;
 
 use std::path::PathBuf;
 

@@ -9,10 +9,11 @@
 //! slots: the root and up to four volumes. It is cached by those in
 //! `$EMBER_CACHE/templates` (default `~/.cache/ember/templates`); the
 //! first run that needs one makes it (one boot), later runs restore it.
+//! Making one removes all but the most recently used few
+//! (src/container/template_cache.rs).
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,8 @@ use crate::error::Error;
 use crate::exit::VmExit;
 use crate::restore::RestoreConfig;
 use crate::vm::Vm;
+
+use super::template_cache::{self, TemplateLock};
 
 /// Share slots a template has: the root and four volumes.
 pub const TEMPLATE_SHARES: u8 = 5;
@@ -103,11 +106,12 @@ fn start_inner(
     config.validate()?;
     // A bad directory is named before any template is made or restored.
     super::check_directories(container)?;
-    let (state, memory) = ensure(config)?;
+    let ((state, memory), _in_use) = ensure(config)?;
     let mut restore = RestoreConfig::new(state, memory);
     restore.console = config.console.clone();
     restore.seccomp = config.seccomp;
     restore.container = Some(container.clone());
+    // The memory file stays mapped after this (a removal cannot touch it).
     Vm::restore_container(&restore, stdio)
 }
 
@@ -161,36 +165,40 @@ fn cache_err(path: &Path) -> impl FnOnce(std::io::Error) -> TemplateError + '_ {
 
 /// The template's state and memory files for `config`, made now if the
 /// cache has none. Runs that need the same template wait for one maker.
-pub(crate) fn ensure(config: &VmConfig) -> Result<(PathBuf, PathBuf), TemplateError> {
+/// The lock returned keeps the clean-up away from the files until the
+/// caller has restored from them.
+pub(crate) fn ensure(
+    config: &VmConfig,
+) -> Result<((PathBuf, PathBuf), TemplateLock), TemplateError> {
     let root = cache_root()?;
     std::fs::create_dir_all(&root).map_err(cache_err(&root))?;
     let key = key(config)?;
     let dir = root.join(&key);
     let files = (dir.join("state"), dir.join("memory"));
     let lock_path = root.join(format!("{key}.lock"));
-    let lock = File::create(&lock_path).map_err(cache_err(&lock_path))?;
-    // SAFETY: flock on a descriptor owned by `lock`, released when it closes.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(cache_err(&lock_path)(std::io::Error::last_os_error()));
-    }
-    if files.0.exists() && files.1.exists() {
-        return Ok(files);
-    }
-    log::info!(
-        "making a container template in {} (one boot)",
-        dir.display()
-    );
-    let tmp = root.join(format!("{key}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(cache_err(&tmp))?;
-    let made = make(config, &tmp.join("state"), &tmp.join("memory"));
-    if let Err(e) = made {
+    let lock = TemplateLock::exclusive(&lock_path).map_err(cache_err(&lock_path))?;
+    if !(files.0.exists() && files.1.exists()) {
+        log::info!(
+            "making a container template in {} (one boot)",
+            dir.display()
+        );
+        let tmp = root.join(format!("{key}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
+        std::fs::create_dir_all(&tmp).map_err(cache_err(&tmp))?;
+        let made = make(config, &tmp.join("state"), &tmp.join("memory"));
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).map_err(cache_err(&dir))?;
+        for old in template_cache::prune(&root, &key) {
+            log::info!("removed the old container template {}", old.display());
+        }
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir).map_err(cache_err(&dir))?;
-    Ok(files)
+    template_cache::touch(&dir);
+    lock.share().map_err(cache_err(&lock_path))?;
+    Ok((files, lock))
 }
 
 /// Boots the template and snapshots it once its init is ready.
