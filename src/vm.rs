@@ -167,10 +167,10 @@ impl Vm {
                 .signals
                 .as_ref()
                 .is_some_and(StopSignals::window_changed);
-            if let (true, Some(c), Some((rows, cols))) =
-                (resized, &self.container, crate::terminal::window_size())
-            {
-                c.resize(rows, cols);
+            if let (true, Some(c)) = (resized, &self.container) {
+                if let Some((rows, cols)) = crate::terminal::window_size() {
+                    c.resize(rows, cols);
+                }
             }
             if let Some(n) = self.signals.as_ref().and_then(StopSignals::take) {
                 match (&self.container, self.forwarded) {

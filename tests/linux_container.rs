@@ -312,7 +312,8 @@ fn exit_codes_follow_podman() {
 }
 
 /// `-t` through a real pseudo-terminal: CMD's streams are a terminal of
-/// this one's size, and Ctrl-C typed here reaches CMD as SIGINT (130).
+/// this one's size, a resize here resizes CMD's (SIGWINCH), and Ctrl-C
+/// typed here reaches CMD as SIGINT (130).
 #[test]
 #[ignore = "boots the guest kit (needs KVM): make test"]
 fn a_terminal_run_gets_a_tty_its_size_and_ctrl_c() {
@@ -346,7 +347,20 @@ fn a_terminal_run_gets_a_tty_its_size_and_ctrl_c() {
     let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
     let _slot = BootSlot::acquire();
     let stdio = || Stdio::from(slave.try_clone().unwrap());
-    let mut child = Command::new(common::ember_bin())
+    let mut command = Command::new(common::ember_bin());
+    // Ember in a session of its own with the pty as its controlling
+    // terminal, as in a shell: the kernel sends it SIGWINCH on a resize.
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            if libc::setsid() == -1 || libc::ioctl(0, libc::TIOCSCTTY, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
         .args(["run", "-t", "--kernel"])
         .arg(kit().0)
         .arg("--rootfs")
@@ -355,7 +369,8 @@ fn a_terminal_run_gets_a_tty_its_size_and_ctrl_c() {
             "--",
             "/bin/sh",
             "-c",
-            "tty; stty size; echo ready; sleep 100; echo not-interrupted",
+            "tty; stty size; trap 'stty size; echo resized' WINCH; echo ready; \
+             while :; do sleep 100 & wait $!; done; echo not-interrupted",
         ])
         .stdin(stdio())
         .stdout(stdio())
@@ -372,6 +387,24 @@ fn a_terminal_run_gets_a_tty_its_size_and_ctrl_c() {
         !text.contains("\r\r\n"),
         "output bytes are not rewritten on the host: {text:?}"
     );
+    let bigger = libc::winsize {
+        ws_row: 40,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize.
+    assert_eq!(
+        unsafe { libc::ioctl(file.as_raw_fd(), libc::TIOCSWINSZ, &bigger) },
+        0
+    );
+    let resized = read_until(&mut file, "resized");
+    let text = String::from_utf8_lossy(&resized).into_owned();
+    assert!(
+        text.contains("40 120"),
+        "the new size came through: {text:?}"
+    );
+    seen.extend(resized);
     file.write_all(b"\x03").unwrap();
     let status = child.wait().unwrap();
     // The rest, once the run ended (the host terminal is not read any more).

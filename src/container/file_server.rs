@@ -907,6 +907,36 @@ mod tests {
         b.extend_from_slice(&0u32.to_le_bytes());
         assert_eq!(errno(&call(&mut s, TMKDIR, &b)), Some(libc::EPERM as u32));
         assert!(!dir.join("made-outside").exists());
+
+        // The same as a race: the host moves a directory out of the share
+        // and back while the guest walks into it and tries to climb out.
+        std::fs::create_dir(share.join("e")).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mover = {
+            let (inside, outside) = (share.join("e"), dir.join("e-out"));
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut moves = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = std::fs::rename(&inside, &outside);
+                    let _ = std::fs::rename(&outside, &inside);
+                    moves += 1;
+                }
+                moves
+            })
+        };
+        for i in 0..500u32 {
+            let fid = 100 + i;
+            if walk(&mut s, 0, fid, &["e"]).0 != 111 {
+                continue; // out of the share just now
+            }
+            for names in [&[".."][..], &["..", "outside"], &["../outside"]] {
+                let w = walk(&mut s, fid, 1_000_000 + i, names);
+                assert_eq!(errno(&w), Some(libc::EPERM as u32), "{names:?}: {w:?}");
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(mover.join().unwrap() > 0, "the host never moved it");
         drop(s);
         std::fs::remove_dir_all(dir).unwrap();
     }

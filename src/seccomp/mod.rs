@@ -292,6 +292,8 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
             allowed.push(libc::FIONBIO);
             allowed.extend(kvm::snapshot());
         }
+        // A container run with -t reads the terminal's new size.
+        ThreadKind::Main => allowed.push(libc::TIOCGWINSZ),
         _ => {}
     }
     allowed
