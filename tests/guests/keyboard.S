@@ -13,11 +13,10 @@ poll:   mov $I8042_CMD, %dx
         mov $0x60, %dx
         in (%dx), %al
         movzbl %al, %esi
-        mov %esi, %eax
-        shr $4, %eax
-        call hexdigit
-        mov %esi, %eax
-        call hexdigit
+        mov %rsi, %rax
+        shl $56, %rax
+        mov $2, %ecx
+        call puthexn
         mov $' ', %al
         out %al, (%dx)
         cmp $0x9d, %esi
@@ -25,15 +24,6 @@ poll:   mov $I8042_CMD, %dx
         mov $'\n', %al
         out %al, (%dx)
         RESET
-# hexdigit: print the low four bits of %eax. Leaves %dx at COM1.
-hexdigit:
-        and $0xf, %eax
-        cmp $10, %al
-        jb 1f
-        add $('a' - '0' - 10), %al
-1:      add $'0', %al
-        mov $COM1, %dx
-        out %al, (%dx)
-        ret
+        PUTHEX_FN
         PUTS_FN
 ready:  .asciz "ready\n"

@@ -17,8 +17,10 @@ puts:   mov $COM1, %dx
 
 # puthex: print %rax as 16 hex digits. Clobbers rax, rcx, rdx, rdi.
         .macro PUTHEX_FN
-puthex: mov %rax, %rdi
-        mov $16, %ecx
+puthex: mov $16, %ecx
+# puthexn: print the top %ecx hex digits of %rax. Same clobbers.
+puthexn:
+        mov %rax, %rdi
 1:      rol $4, %rdi
         mov %edi, %eax
         and $0xf, %eax
