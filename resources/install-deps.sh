@@ -11,6 +11,7 @@ packages=(
     python3              # initramfs builder
     e2fsprogs            # ext4 images for the disk tests (mkfs.ext4, debugfs)
     iproute2             # network namespace and TAP for the net test
+    curl                 # the API tests drive the socket as a user would
 )
 if [ "${1:-}" = "--bench" ]; then
     packages+=(qemu-system-x86 hyperfine strace)   # the peer VMM, a timer, and system-call timestamps (bench/phases.py)

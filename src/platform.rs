@@ -75,9 +75,12 @@ impl Host {
 }
 
 /// glibc's own switch for its AVX code paths (glibc 2.33 and later name
-/// the features so; older ones ignore unknown names).
-pub const GLIBC_NO_AVX: &str =
-    "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2,-AVX,-AVX_Fast_Unaligned_Load";
+/// the features so; older ones ignore unknown names). The AVX-512 names
+/// matter on hosts with AVX-512 (an AMD EPYC here): without them glibc
+/// 2.36 still picks its EVEX/AVX-512 `memmove`, `strlen`, ..., whose ZMM
+/// and opmask state the guest kernel (noxsave) does not keep either.
+pub const GLIBC_NO_AVX: &str = "GLIBC_TUNABLES=glibc.cpu.hwcaps=\
+     -AVX2,-AVX,-AVX_Fast_Unaligned_Load,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD";
 
 /// Ember's own kernel arguments, skipping any the user already chose.
 /// `reboot=k` makes a guest reboot go through the i8042 reset line (a clean

@@ -204,6 +204,71 @@ fn send_ctrl_alt_del_presses_the_keys_on_the_guests_keyboard() {
     assert_eq!(printed, "ready\n1d 38 e0 53 e0 d3 b8 9d \n");
 }
 
+/// Each endpoint through curl, as a user drives it from a shell: states,
+/// a snapshot, bad bodies, the wrong state, the keys, the stop.
+#[test]
+#[ignore = "needs /dev/kvm; make test runs it"]
+fn curl_drives_every_endpoint() {
+    require_kvm();
+    let dir = scratch("api_curl");
+    let sock = dir.join("api.sock");
+    let out = dir.join("out");
+    let mut child = start(&dir, &sock);
+    wait_growth(&out, 0);
+    let curl = |method: &str, path: &str, body: Option<&str>| -> (u16, String) {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(&sock)
+            .args(["-X", method]);
+        if let Some(b) = body {
+            c.args(["-H", "Content-Type: application/json", "--data-raw", b]);
+        }
+        c.arg(format!("http://localhost{path}"));
+        let o = c
+            .output()
+            .expect("curl is installed (resources/install-deps.sh)");
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').expect("curl printed the status");
+        (code.parse().expect("an HTTP status"), body.to_string())
+    };
+    let (code, body) = curl("GET", "/", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""state":"Running""#), "{body}");
+    let (code, body) = curl("GET", "/machine-config", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""mem_size_mib":32"#), "{body}");
+    let snap = serde_json::json!({
+        "snapshot_type": "Full",
+        "snapshot_path": dir.join("state"),
+        "mem_file_path": dir.join("mem"),
+    })
+    .to_string();
+    // The wrong state: a snapshot of a running VM.
+    let (code, body) = curl("PUT", "/snapshot/create", Some(&snap));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("fault_message"), "{body}");
+    // Bad JSON, an unknown field, an unknown path.
+    let (code, body) = curl("PATCH", "/vm", Some("{not json"));
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = curl("PATCH", "/vm", Some(r#"{"state":"Paused","extra":1}"#));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("unknown field `extra`"), "{body}");
+    assert_eq!(curl("GET", "/no-such-thing", None).0, 400);
+    assert!(curl("GET", "/", None).1.contains("Running"), "nothing changed");
+    assert_eq!(curl("PATCH", "/vm", Some(r#"{"state":"Paused"}"#)).0, 204);
+    assert!(curl("GET", "/", None).1.contains(r#""state":"Paused""#));
+    let (code, body) = curl("PUT", "/snapshot/create", Some(&snap));
+    assert_eq!(code, 204, "{body}");
+    assert!(dir.join("state").exists() && dir.join("mem").exists());
+    assert_eq!(curl("PATCH", "/vm", Some(r#"{"state":"Resumed"}"#)).0, 204);
+    // This guest never reads its keyboard: the keys wait in the buffer.
+    let cad = r#"{"action_type":"SendCtrlAltDel"}"#;
+    assert_eq!(curl("PUT", "/actions", Some(cad)).0, 204);
+    assert_eq!(curl("PUT", "/actions", Some(r#"{"action_type":"Stop"}"#)).0, 204);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
 #[test]
 fn an_existing_file_at_the_socket_path_is_a_usage_error_naming_it() {
     let dir = scratch("api_exists");
