@@ -94,9 +94,20 @@ impl StopSignals {
     /// Also wakes the waiting thread on SIGWINCH (the terminal was
     /// resized), for `window_changed`: a container run with `-t` passes
     /// the new size on to CMD's terminal.
+    /// SA_RESTART: a resize must not make a system call of the main
+    /// thread fail with EINTR (a run waiting for a template's lock).
     pub fn watch_window_size(&self) -> std::io::Result<()> {
-        vmm_sys_util::signal::register_signal_handler(libc::SIGWINCH, on_window_change)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        // SAFETY: a zeroed sigaction is valid; the handler only touches
+        // atomics and write(2), and the struct lives across the call.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_window_change as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            if libc::sigaction(libc::SIGWINCH, &action, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
         WATCHING_WINDOW.store(true, Ordering::SeqCst);
         Ok(())
     }

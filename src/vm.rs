@@ -163,6 +163,9 @@ impl Vm {
             };
             let signal_fd = self.signals.as_ref().map(StopSignals::fd);
             wait_readable(self.exit.event_fd().as_raw_fd(), signal_fd, left);
+            // The eventfd first, then the flags: a signal after this read
+            // leaves the eventfd set for the next wait.
+            let stop = self.signals.as_ref().and_then(StopSignals::take);
             let resized = self
                 .signals
                 .as_ref()
@@ -172,7 +175,7 @@ impl Vm {
                     c.resize(rows, cols);
                 }
             }
-            if let Some(n) = self.signals.as_ref().and_then(StopSignals::take) {
+            if let Some(n) = stop {
                 match (&self.container, self.forwarded) {
                     // A container's CMD gets the signal first (a second
                     // one stops the VM at once).

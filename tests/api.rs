@@ -254,17 +254,28 @@ fn curl_drives_every_endpoint() {
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("unknown field `extra`"), "{body}");
     assert_eq!(curl("GET", "/no-such-thing", None).0, 400);
-    assert!(curl("GET", "/", None).1.contains("Running"), "nothing changed");
+    assert!(
+        curl("GET", "/", None).1.contains("Running"),
+        "nothing changed"
+    );
     assert_eq!(curl("PATCH", "/vm", Some(r#"{"state":"Paused"}"#)).0, 204);
     assert!(curl("GET", "/", None).1.contains(r#""state":"Paused""#));
     let (code, body) = curl("PUT", "/snapshot/create", Some(&snap));
     assert_eq!(code, 204, "{body}");
     assert!(dir.join("state").exists() && dir.join("mem").exists());
     assert_eq!(curl("PATCH", "/vm", Some(r#"{"state":"Resumed"}"#)).0, 204);
-    // This guest never reads its keyboard: the keys wait in the buffer.
+    // This guest has no keyboard driver: the press is refused, saying so.
     let cad = r#"{"action_type":"SendCtrlAltDel"}"#;
-    assert_eq!(curl("PUT", "/actions", Some(cad)).0, 204);
-    assert_eq!(curl("PUT", "/actions", Some(r#"{"action_type":"Stop"}"#)).0, 204);
+    let (code, body) = curl("PUT", "/actions", Some(cad));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("not set up its keyboard controller"),
+        "{body}"
+    );
+    assert_eq!(
+        curl("PUT", "/actions", Some(r#"{"action_type":"Stop"}"#)).0,
+        204
+    );
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }

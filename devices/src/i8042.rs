@@ -114,7 +114,9 @@ pub enum Awaiting {
 /// Why a key press did not reach the guest.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
-    #[error("the guest has its keyboard disabled (no i8042/atkbd driver, or it turned the keyboard off)")]
+    #[error("the guest has not set up its keyboard controller (no i8042 driver, or not yet)")]
+    NoDriver,
+    #[error("the guest has its keyboard disabled")]
     Disabled,
     #[error("the keyboard buffer is full: the guest has not read the {0} bytes in it")]
     BufferFull(usize),
@@ -130,6 +132,8 @@ pub enum I8042StateError {
 /// Everything of the device a snapshot keeps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct I8042State {
+    /// The guest has written the configuration byte (a driver runs).
+    pub configured: bool,
     pub config: u8,
     pub last_was_command: bool,
     pub awaiting: Awaiting,
@@ -140,6 +144,7 @@ pub struct I8042State {
 impl Default for I8042State {
     fn default() -> Self {
         Self {
+            configured: false,
             config: CONFIG_AT_POWER_ON,
             last_was_command: false,
             awaiting: Awaiting::Command,
@@ -152,6 +157,7 @@ impl Default for I8042State {
 pub struct I8042<T: Trigger> {
     reset: SignalLine,
     irq: T,
+    configured: bool,
     config: u8,
     last_was_command: bool,
     awaiting: Awaiting,
@@ -174,19 +180,27 @@ impl<T: Trigger> I8042<T> {
         if saved.output.len() > OUTPUT_CAPACITY {
             return Err(I8042StateError::OutputTooLong(saved.output.len()));
         }
-        Ok(Self {
+        let restored = Self {
             reset,
             irq,
+            configured: saved.configured,
             config: saved.config,
             last_was_command: saved.last_was_command,
             awaiting: saved.awaiting,
             output: saved.output.iter().copied().collect(),
             kbd_scanning: saved.kbd_scanning,
-        })
+        };
+        // An edge the snapshot may have missed (raised just before the
+        // interrupt controllers were read): the guest reads one byte per
+        // interrupt, so a waiting byte without one would wait for ever.
+        // A second edge costs the guest one empty read at most.
+        restored.interrupt();
+        Ok(restored)
     }
 
     pub fn state(&self) -> I8042State {
         I8042State {
+            configured: self.configured,
             config: self.config,
             last_was_command: self.last_was_command,
             awaiting: self.awaiting,
@@ -199,6 +213,11 @@ impl<T: Trigger> I8042<T> {
     /// keys are queued only if the guest's keyboard is on and the buffer
     /// has room for the whole sequence.
     pub fn press_ctrl_alt_del(&mut self) -> Result<(), KeyError> {
+        // Before its driver set the controller up, keys would only fill
+        // the buffer the driver flushes (and make its flush fail).
+        if !self.configured {
+            return Err(KeyError::NoDriver);
+        }
         if !self.kbd_scanning || self.config & CONFIG_KBD_DISABLED != 0 {
             return Err(KeyError::Disabled);
         }
@@ -287,6 +306,7 @@ impl<T: Trigger> I8042<T> {
         match awaiting {
             Awaiting::Config => {
                 self.config = byte;
+                self.configured = true;
                 // Interrupts just enabled see a byte already waiting.
                 self.interrupt();
             }
@@ -505,6 +525,9 @@ mod tests {
     #[test]
     fn ctrl_alt_del_is_translated_as_the_configuration_says() {
         let (mut dev, edges, _) = device();
+        assert_eq!(dev.press_ctrl_alt_del(), Err(KeyError::NoDriver));
+        dev.write(COMMAND_OFFSET, &[CMD_WRITE_CONFIG]);
+        dev.write(0, &[CONFIG_AT_POWER_ON]);
         dev.press_ctrl_alt_del().unwrap();
         assert_eq!(edges.get(), 1, "one edge for the first byte");
         assert_eq!(drain(&mut dev), CTRL_ALT_DEL_SET1);
@@ -531,6 +554,9 @@ mod tests {
     #[test]
     fn keys_need_an_enabled_keyboard_and_room() {
         let (mut dev, _, _) = device();
+        assert_eq!(dev.press_ctrl_alt_del(), Err(KeyError::NoDriver));
+        dev.write(COMMAND_OFFSET, &[CMD_WRITE_CONFIG]);
+        dev.write(0, &[CONFIG_AT_POWER_ON]);
         dev.write(COMMAND_OFFSET, &[CMD_DISABLE_KBD]);
         assert_eq!(dev.press_ctrl_alt_del(), Err(KeyError::Disabled));
         dev.write(COMMAND_OFFSET, &[CMD_ENABLE_KBD]);
@@ -566,6 +592,14 @@ mod tests {
         let (line, _) = SignalLine::counter();
         let back = I8042::from_state(line, Edges::default(), &saved).unwrap();
         assert_eq!(back.state(), saved);
+        // A restored byte waiting gets its edge.
+        let mut waiting = saved.clone();
+        waiting.output = vec![0x1d];
+        waiting.config = CONFIG_AT_POWER_ON;
+        let edges = Edges::default();
+        let (line, _) = SignalLine::counter();
+        I8042::from_state(line, edges.clone(), &waiting).unwrap();
+        assert_eq!(edges.get(), 1);
         let mut bad = saved;
         bad.output = vec![0; OUTPUT_CAPACITY + 1];
         let (line, _) = SignalLine::counter();

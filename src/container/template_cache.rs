@@ -4,7 +4,9 @@
 //! maker holds it exclusively; a template's directory time is its last use.
 //! When a template is made, all but the [`KEEP_TEMPLATES`] most recently
 //! used are removed, skipping any that a run holds, and so are the half-made
-//! directories (`KEY.tmp-PID`) of makers that are gone.
+//! directories (`KEY.tmp-PID`) whose key nobody holds (their maker is gone).
+//! Lock files stay (they are empty): removing one while a run waits on it
+//! would let a later run lock a new file of the same name beside it.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -21,7 +23,7 @@ pub struct TemplateLock(File);
 impl TemplateLock {
     /// Waits for the lock on `path` (created if missing).
     pub fn exclusive(path: &Path) -> std::io::Result<Self> {
-        let lock = Self(File::create(path)?);
+        let lock = Self(File::options().create(true).append(true).open(path)?);
         lock.flock(libc::LOCK_EX)?;
         Ok(lock)
     }
@@ -39,11 +41,16 @@ impl TemplateLock {
     }
 
     fn flock(&self, how: libc::c_int) -> std::io::Result<()> {
-        // SAFETY: flock on a descriptor this value owns.
-        if unsafe { libc::flock(self.0.as_raw_fd(), how) } != 0 {
-            return Err(std::io::Error::last_os_error());
+        loop {
+            // SAFETY: flock on a descriptor this value owns.
+            if unsafe { libc::flock(self.0.as_raw_fd(), how) } == 0 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
         }
-        Ok(())
     }
 }
 
@@ -58,17 +65,10 @@ fn is_key(name: &str) -> bool {
     name.len() == 16 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Whether process `pid` still exists.
-fn alive(pid: libc::pid_t) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    let sent = unsafe { libc::kill(pid, 0) } == 0;
-    sent || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
-}
-
 /// Removes from `root` the templates beyond the [`KEEP_TEMPLATES`] most
 /// recently used (never `current`, never one whose lock is held) and the
-/// half-made directories of makers no longer running. Returns what it
-/// removed. Errors are ignored: a cache left bigger is no failure.
+/// half-made directories nobody holds. Returns what it removed. Errors are
+/// ignored: a cache left bigger is no failure.
 pub fn prune(root: &Path, current: &str) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(root) else {
         return Vec::new();
@@ -79,10 +79,15 @@ pub fn prune(root: &Path, current: &str) -> Vec<PathBuf> {
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        if let Some((key, pid)) = name.split_once(".tmp-") {
-            let maker_gone = pid.parse().is_ok_and(|pid| pid > 0 && !alive(pid));
-            if is_key(key) && maker_gone && std::fs::remove_dir_all(entry.path()).is_ok() {
-                removed.push(entry.path());
+        if let Some((key, _pid)) = name.split_once(".tmp-") {
+            // A maker holds its key's lock until its directory is renamed.
+            let lock_path = root.join(format!("{key}.lock"));
+            if is_key(key) && key != current {
+                if let Some(_lock) = TemplateLock::try_exclusive(&lock_path) {
+                    if std::fs::remove_dir_all(entry.path()).is_ok() {
+                        removed.push(entry.path());
+                    }
+                }
             }
             continue;
         }
@@ -103,7 +108,6 @@ pub fn prune(root: &Path, current: &str) -> Vec<PathBuf> {
         let dir = root.join(&key);
         if std::fs::remove_dir_all(&dir).is_ok() {
             removed.push(dir);
-            let _ = std::fs::remove_file(&lock_path);
         }
     }
     removed
@@ -137,8 +141,11 @@ mod tests {
         // One old template is being restored from by a run.
         let held = TemplateLock::exclusive(&root.join(format!("{}.lock", key(5)))).unwrap();
         held.share().unwrap();
-        // A maker that died, and one that is still at work (this process).
+        // A maker that died (its key's lock free), and one still at work
+        // (it holds its key's lock).
+        File::create(root.join(format!("{}.lock", key(9)))).unwrap();
         std::fs::create_dir_all(root.join(format!("{}.tmp-999999999", key(9)))).unwrap();
+        let making = TemplateLock::exclusive(&root.join(format!("{}.lock", key(8)))).unwrap();
         let mine = root.join(format!("{}.tmp-{}", key(8), std::process::id()));
         std::fs::create_dir_all(&mine).unwrap();
         std::fs::write(root.join("notes.txt"), b"not ours").unwrap();
@@ -163,9 +170,12 @@ mod tests {
         .collect();
         assert_eq!(left, want, "removed {removed:?}");
         assert_eq!(removed.len(), 3, "{removed:?}");
-        assert!(!root.join(format!("{}.lock", key(3))).exists());
-        assert!(root.join(format!("{}.lock", key(5))).exists());
+        assert!(
+            root.join(format!("{}.lock", key(3))).exists(),
+            "lock files stay"
+        );
         drop(held);
+        drop(making);
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
