@@ -13,7 +13,7 @@ use super::memory_file::{open_regular, TempFile};
 /// The first bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"EMBERSNP";
 /// Bumped on any change to what the body holds.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// No snapshot state comes near this (the guest RAM is in its own file):
 /// anything larger is not a snapshot, and is not read into memory.
 const MAX_FILE: u64 = 64 << 20;
