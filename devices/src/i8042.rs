@@ -315,11 +315,10 @@ impl<T: Trigger> I8042<T> {
                     self.reset.raise();
                 }
             }
-            Awaiting::KbdBuffer => self.push(byte),
-            // No mouse: the byte comes back as keyboard data, so a driver
-            // probing for one sees at once that the loop does not work
-            // (rather than polling half a second for an answer).
-            Awaiting::AuxBuffer => self.push(byte),
+            // After 0xD3 too: there is no mouse, so its byte comes back as
+            // keyboard data, and a driver probing for one sees at once that
+            // the loop does not work (rather than polling half a second).
+            Awaiting::KbdBuffer | Awaiting::AuxBuffer => self.push(byte),
             Awaiting::AuxByte => {}
             Awaiting::KbdArgument(cmd) => self.keyboard_argument(cmd, byte),
             Awaiting::Command => {
@@ -429,6 +428,12 @@ mod tests {
         (I8042::new(line, edges.clone()), edges, resets)
     }
 
+    /// Writes the configuration byte, as a driver does (0x60, then it).
+    fn set_config(dev: &mut I8042<Edges>, value: u8) {
+        dev.write(COMMAND_OFFSET, &[CMD_WRITE_CONFIG]);
+        dev.write(0, &[value]);
+    }
+
     fn status(dev: &mut I8042<Edges>) -> u8 {
         let mut b = [0u8];
         dev.read(COMMAND_OFFSET, &mut b);
@@ -462,8 +467,7 @@ mod tests {
         assert_ne!(status(&mut dev) & STATUS_UNLOCKED, 0, "no key lock");
         // Interrupts off, keyboard off; written back; keyboard port on.
         let config = (CONFIG_AT_POWER_ON | CONFIG_KBD_DISABLED) & !CONFIG_KBD_INTERRUPT;
-        dev.write(COMMAND_OFFSET, &[CMD_WRITE_CONFIG]);
-        dev.write(0, &[config]);
+        set_config(&mut dev, config);
         dev.write(COMMAND_OFFSET, &[CMD_READ_CONFIG]);
         assert_eq!(drain(&mut dev), [config]);
         // atkbd: get the id, set the LEDs and the rate, enable scanning.
@@ -526,14 +530,12 @@ mod tests {
     fn ctrl_alt_del_is_translated_as_the_configuration_says() {
         let (mut dev, edges, _) = device();
         assert_eq!(dev.press_ctrl_alt_del(), Err(KeyError::NoDriver));
-        dev.write(COMMAND_OFFSET, &[CMD_WRITE_CONFIG]);
-        dev.write(0, &[CONFIG_AT_POWER_ON]);
+        set_config(&mut dev, CONFIG_AT_POWER_ON);
         dev.press_ctrl_alt_del().unwrap();
         assert_eq!(edges.get(), 1, "one edge for the first byte");
         assert_eq!(drain(&mut dev), CTRL_ALT_DEL_SET1);
         assert_eq!(edges.get(), 8, "one edge per byte the guest reads");
-        dev.write(COMMAND_OFFSET, &[CMD_WRITE_CONFIG]);
-        dev.write(0, &[CONFIG_AT_POWER_ON & !CONFIG_TRANSLATE]);
+        set_config(&mut dev, CONFIG_AT_POWER_ON & !CONFIG_TRANSLATE);
         dev.press_ctrl_alt_del().unwrap();
         assert_eq!(drain(&mut dev), CTRL_ALT_DEL_SET2);
     }
@@ -541,13 +543,11 @@ mod tests {
     #[test]
     fn no_interrupts_while_the_guest_has_them_off() {
         let (mut dev, edges, _) = device();
-        dev.write(COMMAND_OFFSET, &[CMD_WRITE_CONFIG]);
-        dev.write(0, &[CONFIG_AT_POWER_ON & !CONFIG_KBD_INTERRUPT]);
+        set_config(&mut dev, CONFIG_AT_POWER_ON & !CONFIG_KBD_INTERRUPT);
         dev.write(COMMAND_OFFSET, &[CMD_SELF_TEST]);
         assert_eq!(edges.get(), 0);
         // Turning them on with a byte waiting raises one.
-        dev.write(COMMAND_OFFSET, &[CMD_WRITE_CONFIG]);
-        dev.write(0, &[CONFIG_AT_POWER_ON]);
+        set_config(&mut dev, CONFIG_AT_POWER_ON);
         assert_eq!(edges.get(), 1);
     }
 
@@ -555,8 +555,7 @@ mod tests {
     fn keys_need_an_enabled_keyboard_and_room() {
         let (mut dev, _, _) = device();
         assert_eq!(dev.press_ctrl_alt_del(), Err(KeyError::NoDriver));
-        dev.write(COMMAND_OFFSET, &[CMD_WRITE_CONFIG]);
-        dev.write(0, &[CONFIG_AT_POWER_ON]);
+        set_config(&mut dev, CONFIG_AT_POWER_ON);
         dev.write(COMMAND_OFFSET, &[CMD_DISABLE_KBD]);
         assert_eq!(dev.press_ctrl_alt_del(), Err(KeyError::Disabled));
         dev.write(COMMAND_OFFSET, &[CMD_ENABLE_KBD]);
@@ -584,8 +583,7 @@ mod tests {
     #[test]
     fn state_round_trips_and_bad_state_is_refused() {
         let (mut dev, _, _) = device();
-        dev.write(COMMAND_OFFSET, &[CMD_WRITE_CONFIG]);
-        dev.write(0, &[0x45]);
+        set_config(&mut dev, 0x45);
         dev.write(0, &[KBD_SET_LEDS]);
         let saved = dev.state();
         assert_eq!(saved.awaiting, Awaiting::KbdArgument(KBD_SET_LEDS));
