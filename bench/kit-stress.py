@@ -56,15 +56,18 @@ def main():
                          stderr=subprocess.STDOUT)
     try:
         buf, _ = read_until(p, PROMPT, 1800, b"")
-        p.stdin.write(b"want=$(echo w0r | md5sum); bad=0; i=0; echo start\n")
+        # "start42" is what the shell prints, not what an echo of the
+        # typed line shows (with stdin a pipe there is no echo: the
+        # output follows the prompt).
+        p.stdin.write(b"want=$(echo w0r | md5sum); bad=0; i=0; echo start$((6*7))\n")
         p.stdin.flush()
-        buf, _ = read_until(p, rb"^start\r?\n", 60, buf)
+        buf, _ = read_until(p, rb"start42\r?\n", 60, buf)
         t0 = time.time()
         loop = (f"while [ $i -lt {args.rounds} ]; do {ROUND}; i=$((i+1)); done; "
                 'echo "done rounds=$((i)) bad=$((bad))"\n')
         p.stdin.write(loop.encode())
         p.stdin.flush()
-        buf, m = read_until(p, rb"^done rounds=(\d+) bad=(\d+)", 36000, buf)
+        buf, m = read_until(p, rb"done rounds=(\d+) bad=(\d+)", 36000, buf)
         secs = time.time() - t0
         crashes = CRASH.findall(buf)
         print(f"kit_exec_stress  cpus={args.cpus} busy_host={'yes' if args.busy else 'no'}  "

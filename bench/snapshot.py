@@ -18,6 +18,9 @@ RUNS times each: restore -> vCPUs running as RAM grows, without a kit boot
 per size. SIZES empty ("") skips the kit.
 
 usage: bench/snapshot.py [RUNS] [SIZES]   (default 10 256M,1G)
+CMDLINE replaces Ember's default guest arguments for the kit's boot (e.g.
+"console=ttyS0 EMBER_CONSOLE=terminal" keeps the echo and line editing that
+a console driven by a script turns off).
 """
 import os
 import select
@@ -56,7 +59,8 @@ def boot_and_snapshot(tmp, size):
     mem = os.path.join(tmp, f"mem-{size}")
     start = time.monotonic()
     vm = subprocess.Popen(
-        [EMBER, "run", "--memory", size, "--api-sock", sock],
+        [EMBER, "run", "--memory", size, "--api-sock", sock]
+        + (["--cmdline", os.environ["CMDLINE"]] if os.environ.get("CMDLINE") else []),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     seen, buf = read_until(vm.stdout, PROMPT, 600)
     boot = seen - start

@@ -410,7 +410,11 @@ fn load_boot_payload(
         )?),
         None => None,
     };
-    let extra = platform::ember_kernel_args(&config.cmdline, host);
+    let scripted = match config.console {
+        ConsoleMode::Scripted { .. } => true,
+        ConsoleMode::Terminal => !crate::terminal::is_tty(libc::STDIN_FILENO),
+    };
+    let extra = platform::ember_kernel_args(&config.cmdline, host, scripted);
     let cmdline = loader::build_cmdline(&config.cmdline, &extra)?;
     let cmdline_text = cmdline
         .as_cstring()

@@ -28,6 +28,15 @@ fn kit_boots_with_2_cpus_answers_and_powers_off() {
     console.wait_for(PROMPT, COMMAND).unwrap();
 
     assert_eq!(run(&console, "echo $((6 * 7))"), "42");
+    // A console driven by a program is named to the guest
+    // (EMBER_CONSOLE=scripted) and the kit's profile turns its echo off:
+    // the typed line is not sent back, and the shell reads whole lines.
+    assert_eq!(run(&console, "echo $EMBER_CONSOLE"), "scripted");
+    assert!(
+        !console.transcript().contains("echo $((6 * 7))"),
+        "the typed line came back: {}",
+        console.transcript()
+    );
     assert_eq!(run(&console, "nproc"), "2");
     let online = run(&console, "cat /sys/devices/system/cpu/online");
     assert_eq!(online, "0-1");
