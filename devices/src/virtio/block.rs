@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::iov::{chain_iovecs, pread_all, pread_slice_all, pwrite_all, pwrite_slice_all};
@@ -123,28 +123,33 @@ impl Block {
     }
 }
 
-/// The guest's request, parsed and checked.
-struct Request<'d> {
+/// The guest's request, parsed and checked. The status byte is kept as
+/// the slice of guest memory it was found in, so completing the request
+/// does not look its address up again.
+struct Request<'d, 'm> {
     kind: u32,
     sector: u64,
     data: &'d [Descriptor],
-    status: Descriptor,
+    status: StatusByte<'m>,
 }
 
+/// A request's status byte in guest memory.
+type StatusByte<'m> = VolatileSlice<'m, ()>;
+
 /// What a chain turned out to be.
-enum Parsed<'d> {
+enum Parsed<'d, 'm> {
     /// No usable status byte, or buffers outside RAM: returned with length
     /// 0, nothing touched.
     Malformed,
     /// A status byte, but more data segments than SEG_MAX or one larger than
     /// SIZE_MAX: VIRTIO_BLK_S_IOERR, nothing else touched.
-    TooLarge(Descriptor),
-    Request(Request<'d>),
+    TooLarge(StatusByte<'m>),
+    Request(Request<'d, 'm>),
 }
 
 /// Splits a chain into header, data and status, checking directions, that
 /// every buffer lies in guest RAM, and the advertised segment limits.
-fn parse<'d>(mem: &GuestMemoryMmap, descs: &'d [Descriptor]) -> Parsed<'d> {
+fn parse<'d, 'm>(mem: &'m GuestMemoryMmap, descs: &'d [Descriptor]) -> Parsed<'d, 'm> {
     let Some((first, rest)) = descs.split_first() else {
         return Parsed::Malformed;
     };
@@ -154,31 +159,36 @@ fn parse<'d>(mem: &GuestMemoryMmap, descs: &'d [Descriptor]) -> Parsed<'d> {
     if first.is_write_only() || first.len() < 16 || !status.is_write_only() || status.len() < 1 {
         return Parsed::Malformed;
     }
-    let all_in_ram = descs
+    // Every byte the request touches lies in RAM: the header's 16 and the
+    // status byte as the slices they are then read and written through
+    // (one look-up each), the data buffers whole.
+    let (Ok(header), Ok(status_byte)) = (
+        mem.get_slice(first.addr(), 16),
+        mem.get_slice(status.addr(), 1),
+    ) else {
+        return Parsed::Malformed;
+    };
+    if !data
         .iter()
-        .all(|d| mem.check_range(d.addr(), d.len() as usize));
-    if !all_in_ram {
+        .all(|d| mem.check_range(d.addr(), d.len() as usize))
+    {
         return Parsed::Malformed;
     }
     if data.len() > SEG_MAX as usize || data.iter().any(|d| d.len() > SIZE_MAX) {
-        return Parsed::TooLarge(*status);
+        return Parsed::TooLarge(status_byte);
     }
-    let header = (
-        mem.read_obj::<u32>(first.addr()),
-        first.addr().checked_add(8).map(|a| mem.read_obj::<u64>(a)),
-    );
-    let (Ok(kind), Some(Ok(sector))) = header else {
+    let (Ok(kind), Ok(sector)) = (header.read_obj::<u32>(0), header.read_obj::<u64>(8)) else {
         return Parsed::Malformed;
     };
     Parsed::Request(Request {
         kind,
         sector,
         data,
-        status: *status,
+        status: status_byte,
     })
 }
 
-impl Request<'_> {
+impl Request<'_, '_> {
     /// What running it costs against WORK_BYTES_PER_EVENT.
     fn cost(&self) -> u64 {
         let bytes = match self.kind {
@@ -273,7 +283,7 @@ impl Block {
             Ok(n) => (n, VIRTIO_BLK_S_OK),
             Err(s) => (0, s),
         };
-        complete(mem, &r.status, status, written)
+        complete(&r.status, status, written)
     }
 }
 
@@ -294,8 +304,8 @@ fn single_buffer<'m>(
 
 /// Writes the status byte; returns the used length (`written` data bytes
 /// plus the status byte), 0 if the status byte cannot be written.
-fn complete(mem: &GuestMemoryMmap, status_desc: &Descriptor, status: u8, written: u32) -> u32 {
-    if mem.write_obj(status, status_desc.addr()).is_err() {
+fn complete(status_byte: &StatusByte, status: u8, written: u32) -> u32 {
+    if status_byte.write_obj(status, 0).is_err() {
         return 0;
     }
     written.saturating_add(1)
@@ -432,7 +442,7 @@ impl VirtioDevice for Block {
                 }
                 Parsed::TooLarge(status) => {
                     spent = spent.saturating_add(MIN_COST);
-                    complete(&mem, &status, VIRTIO_BLK_S_IOERR, 0)
+                    complete(&status, VIRTIO_BLK_S_IOERR, 0)
                 }
                 Parsed::Request(r) => {
                     let cost = r.cost();
@@ -488,7 +498,7 @@ mod tests {
     };
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::GuestAddress;
+    use vm_memory::{Address, GuestAddress};
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     const HDR: u64 = 0x1_0000;
@@ -699,6 +709,21 @@ mod tests {
                 desc(2 << 20, 512, N, 2),
                 desc(STATUS, 1, W, 0),
             ], // outside RAM
+            vec![
+                desc(2 << 20, 16, N, 1),
+                desc(DATA, 512, N, 2),
+                desc(STATUS, 1, W, 0),
+            ], // header outside RAM
+            vec![
+                desc((1 << 20) - 8, 16, N, 1),
+                desc(DATA, 512, N, 2),
+                desc(STATUS, 1, W, 0),
+            ], // header running past the end of RAM
+            vec![
+                desc(HDR, 16, N, 1),
+                desc(DATA, 512, N, 2),
+                desc(2 << 20, 1, W, 0),
+            ], // status byte outside RAM
             vec![
                 desc(HDR, 16, N, 1),
                 desc(u64::MAX - 100, 512, N, 2),

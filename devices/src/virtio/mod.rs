@@ -135,18 +135,26 @@ fn walk_chain(
 ) -> Result<(), BadChain> {
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
     use virtio_queue::desc::split::Descriptor;
-    use vm_memory::{Address, Bytes};
+    use vm_memory::{Address, Bytes, GuestMemoryBackend};
 
+    // The table as one slice of guest memory when it lies in one region
+    // (one address look-up for the whole chain), else each entry looked
+    // up on its own.
+    let whole = mem.get_slice(table, usize::from(size) * 16).ok();
+    let read = |index: u16| -> Option<Descriptor> {
+        // index < size <= 32768, so this cannot overflow.
+        let offset = usize::from(index) * 16;
+        match &whole {
+            Some(slice) => slice.read_obj::<Descriptor>(offset).ok(),
+            None => mem
+                .read_obj::<Descriptor>(table.checked_add(offset as u64)?)
+                .ok(),
+        }
+    };
     let mut total = 0u32;
     let mut index = head;
     for _ in 0..max {
-        // index < size <= 32768, so this cannot overflow.
-        let addr = table
-            .checked_add(u64::from(index) * 16)
-            .ok_or(BadChain::Unreadable(index))?;
-        let d = mem
-            .read_obj::<Descriptor>(addr)
-            .map_err(|_| BadChain::Unreadable(index))?;
+        let d = read(index).ok_or(BadChain::Unreadable(index))?;
         if d.flags() & VRING_DESC_F_INDIRECT as u16 != 0 {
             return Err(BadChain::Indirect(index));
         }
