@@ -414,8 +414,7 @@ fn load_boot_payload(
         ConsoleMode::Scripted { .. } => true,
         ConsoleMode::Terminal => !crate::terminal::is_tty(libc::STDIN_FILENO),
     };
-    let extra = platform::ember_kernel_args(&config.cmdline, host, scripted);
-    let cmdline = loader::build_cmdline(&config.cmdline, &extra)?;
+    let cmdline = boot_cmdline(&config.cmdline, host, scripted)?;
     let cmdline_text = cmdline
         .as_cstring()
         .map(|c| c.into_string().unwrap_or_default())
@@ -435,6 +434,27 @@ fn load_boot_payload(
     })?;
     boot_params::write(mem, &params)?;
     Ok(kernel)
+}
+
+/// The user's arguments and Ember's. `EMBER_CONSOLE=scripted` is a hint,
+/// not a need: a command line with no room for it boots without it.
+fn boot_cmdline(
+    user: &str,
+    host: Host,
+    scripted: bool,
+) -> Result<linux_loader::cmdline::Cmdline, ConfigError> {
+    let build =
+        |scripted| loader::build_cmdline(user, &platform::ember_kernel_args(user, host, scripted));
+    match build(scripted) {
+        Err(_) if scripted => {
+            log::info!(
+                "no room for {} on the kernel command line; left out",
+                platform::SCRIPTED_CONSOLE
+            );
+            build(false)
+        }
+        built => built,
+    }
 }
 
 /// What `create_devices` makes: the port bus (and an empty MMIO bus for
@@ -550,4 +570,34 @@ pub(crate) fn create_vcpus(
         vcpus.push(fd);
     }
     Ok(vcpus)
+}
+
+#[cfg(test)]
+mod cmdline_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_command_line_boots_without_the_console_hint() {
+        let spare = |user: &str| {
+            let with = platform::ember_kernel_args(user, Host::Hardware, false).join(" ");
+            crate::layout::CMDLINE_MAX - 2 - user.len() - with.len()
+        };
+        let base = "console=ttyS0";
+        // Exactly full with Ember's own arguments: the hint does not fit.
+        let user = format!("{base} {}", "x".repeat(spare(base) - 1));
+        let text = boot_cmdline(&user, Host::Hardware, true)
+            .expect("boots without the hint")
+            .as_cstring()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        assert!(!text.contains("EMBER_CONSOLE"), "{text}");
+        let roomy = boot_cmdline(base, Host::Hardware, true).unwrap();
+        assert!(roomy
+            .as_cstring()
+            .unwrap()
+            .into_string()
+            .unwrap()
+            .contains(platform::SCRIPTED_CONSOLE));
+    }
 }

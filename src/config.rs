@@ -21,6 +21,9 @@ pub enum ConsoleMode {
     Terminal,
     /// Driven through [`crate::Console`]: input sent by the program,
     /// output kept in a transcript; `echo` copies output to stderr too.
+    /// The guest's init sees `EMBER_CONSOLE=scripted` (the kit then turns
+    /// the console's echo and line editing off); a program relaying a
+    /// person's keys passes `EMBER_CONSOLE=terminal` in the command line.
     Scripted { echo: bool },
 }
 

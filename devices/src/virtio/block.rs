@@ -138,8 +138,9 @@ type StatusByte<'m> = VolatileSlice<'m, ()>;
 
 /// What a chain turned out to be.
 enum Parsed<'d, 'm> {
-    /// No usable status byte, or buffers outside RAM: returned with length
-    /// 0, nothing touched.
+    /// No usable status byte, or a byte the request would touch outside
+    /// RAM (the header's 16, the status byte, any data byte): returned with
+    /// length 0, nothing touched.
     Malformed,
     /// A status byte, but more data segments than SEG_MAX or one larger than
     /// SIZE_MAX: VIRTIO_BLK_S_IOERR, nothing else touched.
@@ -148,7 +149,9 @@ enum Parsed<'d, 'm> {
 }
 
 /// Splits a chain into header, data and status, checking directions, that
-/// every buffer lies in guest RAM, and the advertised segment limits.
+/// every byte the request touches lies in guest RAM (the header's first 16
+/// bytes, the status byte, the data buffers whole; a longer header or
+/// status descriptor's tail is never touched), and the segment limits.
 fn parse<'d, 'm>(mem: &'m GuestMemoryMmap, descs: &'d [Descriptor]) -> Parsed<'d, 'm> {
     let Some((first, rest)) = descs.split_first() else {
         return Parsed::Malformed;
